@@ -9,119 +9,132 @@ from edgefilter import models
 
 
 def _shapes(name, image_shape, num_classes=10, **options):
-  model = models.create(name, num_classes, **options)
-  return jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((2, *image_shape)), train=False))
+    model = models.create(name, num_classes, **options)
+    return jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((2, *image_shape)), train=False)
+    )
 
 
 def _num_params(variables):
-  return sum(x.size for x in jax.tree.leaves(variables["params"]))
+    return sum(x.size for x in jax.tree.leaves(variables["params"]))
 
 
-@pytest.mark.parametrize("name, image_shape, num_classes, expected", [
-    # Literature: LeNet of PyTorch's MNIST example 431,080; He et al. (2016) ResNet-20
-    # 0.27M, ResNet-110 1.7M (option-A shortcuts); torchvision resnet18 11,689,512.
-    ("lenet", (28, 28, 1), 10, 431_080),
-    ("resnet20", (32, 32, 3), 10, 269_722),
-    ("resnet110", (32, 32, 3), 10, 1_727_962),
-    ("resnet18", (224, 224, 3), 1000, 11_689_512),
-])
+@pytest.mark.parametrize(
+    "name, image_shape, num_classes, expected",
+    [
+        # Literature: LeNet of PyTorch's MNIST example 431,080; He et al. (2016) ResNet-20
+        # 0.27M, ResNet-110 1.7M (option-A shortcuts); torchvision resnet18 11,689,512.
+        ("lenet", (28, 28, 1), 10, 431_080),
+        ("resnet20", (32, 32, 3), 10, 269_722),
+        ("resnet110", (32, 32, 3), 10, 1_727_962),
+        ("resnet18", (224, 224, 3), 1000, 11_689_512),
+    ],
+)
 def test_parameter_counts_match_the_literature(name, image_shape, num_classes, expected):
-  assert _num_params(_shapes(name, image_shape, num_classes)) == expected
+    assert _num_params(_shapes(name, image_shape, num_classes)) == expected
 
 
 def test_cifar_resnet_counts_grow_with_depth_as_6n_plus_2():
-  counts = [_num_params(_shapes(f"resnet{d}", (32, 32, 3))) for d in (8, 20, 32, 44, 56, 74)]
-  assert counts == sorted(counts)
-  # Each extra block per stage adds one block of each width: 2 convs 3x3 + 2 BNs.
-  per_n = sum(2 * (9 * c * c + 2 * c) for c in (16, 32, 64))
-  assert counts[2] - counts[1] == 2 * per_n
+    counts = [_num_params(_shapes(f"resnet{d}", (32, 32, 3))) for d in (8, 20, 32, 44, 56, 74)]
+    assert counts == sorted(counts)
+    # Each extra block per stage adds one block of each width: 2 convs 3x3 + 2 BNs.
+    per_n = sum(2 * (9 * c * c + 2 * c) for c in (16, 32, 64))
+    assert counts[2] - counts[1] == 2 * per_n
 
 
 def test_lenet_layers_are_the_papers():
-  params = _shapes("lenet", (28, 28, 1))["params"]
-  kernels = [params[k]["kernel"].shape for k in ("Conv_0", "Conv_1", "Dense_0", "Dense_1")]
-  assert kernels == [(5, 5, 1, 20), (5, 5, 20, 50), (800, 500), (500, 10)]
+    params = _shapes("lenet", (28, 28, 1))["params"]
+    kernels = [params[k]["kernel"].shape for k in ("Conv_0", "Conv_1", "Dense_0", "Dense_1")]
+    assert kernels == [(5, 5, 1, 20), (5, 5, 20, 50), (800, 500), (500, 10)]
 
 
 def test_lenet_slim_is_the_mnist_filter():
-  params = _shapes("lenet_slim", (28, 28, 1), 2)["params"]
-  assert params["Conv_0"]["kernel"].shape == (3, 3, 1, 6)
-  assert params["Conv_1"]["kernel"].shape == (3, 3, 6, 16)
-  assert params["Dense_1"]["kernel"].shape == (120, 2)
+    params = _shapes("lenet_slim", (28, 28, 1), 2)["params"]
+    assert params["Conv_0"]["kernel"].shape == (3, 3, 1, 6)
+    assert params["Conv_1"]["kernel"].shape == (3, 3, 6, 16)
+    assert params["Dense_1"]["kernel"].shape == (120, 2)
 
 
 def test_vgg_heads():
-  cifar = _shapes("vgg16", (32, 32, 3))
-  imagenet = _shapes("vgg16", (224, 224, 3), 1000, head="imagenet")
-  # Conv layers carry no bias (batch norm follows), hence 4,224 fewer parameters than
-  # torchvision's vgg16_bn (138,365,992).
-  assert _num_params(imagenet) == 138_365_992 - 4_224
-  assert _num_params(cifar) == 14_724_042
-  assert "batch_stats" in cifar
+    cifar = _shapes("vgg16", (32, 32, 3))
+    imagenet = _shapes("vgg16", (224, 224, 3), 1000, head="imagenet")
+    # Conv layers carry no bias (batch norm follows), hence 4,224 fewer parameters than
+    # torchvision's vgg16_bn (138,365,992).
+    assert _num_params(imagenet) == 138_365_992 - 4_224
+    assert _num_params(cifar) == 14_724_042
+    assert "batch_stats" in cifar
 
 
-@pytest.mark.parametrize("name, image_shape", [
-    ("lenet", (28, 28, 1)), ("lenet_slim", (28, 28, 1)), ("resnet8", (32, 32, 3)),
-    ("resnet20", (32, 32, 3)), ("vgg11", (32, 32, 3)), ("resnet10", (224, 224, 3)),
-])
+@pytest.mark.parametrize(
+    "name, image_shape",
+    [
+        ("lenet", (28, 28, 1)),
+        ("lenet_slim", (28, 28, 1)),
+        ("resnet8", (32, 32, 3)),
+        ("resnet20", (32, 32, 3)),
+        ("vgg11", (32, 32, 3)),
+        ("resnet10", (224, 224, 3)),
+    ],
+)
 def test_forward_shapes_in_train_and_eval_mode(name, image_shape):
-  model = models.create(name, 7)
-  x = jnp.zeros((3, *image_shape))
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-  logits = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
-  chex.assert_shape(logits, (3, 7))
-  logits, updates = jax.eval_shape(
-      lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]), variables)
-  chex.assert_shape(logits, (3, 7))
-  assert ("batch_stats" in updates) == models.has_batch_norm(name)
+    model = models.create(name, 7)
+    x = jnp.zeros((3, *image_shape))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    logits = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+    chex.assert_shape(logits, (3, 7))
+    logits, updates = jax.eval_shape(
+        lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]), variables
+    )
+    chex.assert_shape(logits, (3, 7))
+    assert ("batch_stats" in updates) == models.has_batch_norm(name)
 
 
-@pytest.mark.parametrize("name, image_shape, convs, denses", [
-    ("lenet", (28, 28, 1), 2, 2),
-    ("resnet8", (32, 32, 3), 7, 1),
-    ("resnet18", (64, 64, 3), 20, 1),
-    ("vgg11", (32, 32, 3), 8, 1),
-])
-def test_every_conv_and_dense_layer_uses_the_callers_primitives(name, image_shape, convs,
-                                                                denses):
-  calls = {"conv": 0, "dot": 0}
+@pytest.mark.parametrize(
+    "name, image_shape, convs, denses",
+    [
+        ("lenet", (28, 28, 1), 2, 2),
+        ("resnet8", (32, 32, 3), 7, 1),
+        ("resnet18", (64, 64, 3), 20, 1),
+        ("vgg11", (32, 32, 3), 8, 1),
+    ],
+)
+def test_every_conv_and_dense_layer_uses_the_callers_primitives(name, image_shape, convs, denses):
+    calls = {"conv": 0, "dot": 0}
 
-  def conv(*args, **kwargs):
-    calls["conv"] += 1
-    return jax.lax.conv_general_dilated(*args, **kwargs)
+    def conv(*args, **kwargs):
+        calls["conv"] += 1
+        return jax.lax.conv_general_dilated(*args, **kwargs)
 
-  def dot(*args, **kwargs):
-    calls["dot"] += 1
-    return jax.lax.dot_general(*args, **kwargs)
+    def dot(*args, **kwargs):
+        calls["dot"] += 1
+        return jax.lax.dot_general(*args, **kwargs)
 
-  model = models.create(name, 10, conv_general_dilated=conv, dot_general=dot)
-  jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)),
-                                    train=False))
-  assert calls == {"conv": convs, "dot": denses}
+    model = models.create(name, 10, conv_general_dilated=conv, dot_general=dot)
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)), train=False))
+    assert calls == {"conv": convs, "dot": denses}
 
 
 def test_lenet_forward_matches_a_hand_written_forward():
-  model = models.create("lenet", 10)
-  x = jax.random.normal(jax.random.key(1), (2, 28, 28, 1))
-  v = model.init(jax.random.key(0), x)
-  p = v["params"]
+    model = models.create("lenet", 10)
+    x = jax.random.normal(jax.random.key(1), (2, 28, 28, 1))
+    v = model.init(jax.random.key(0), x)
+    p = v["params"]
 
-  def conv(x, layer):
-    y = jax.lax.conv_general_dilated(x, p[layer]["kernel"], (1, 1), "VALID",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    y = jax.nn.relu(y + p[layer]["bias"])
-    return jax.lax.reduce_window(y, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
-                                 "VALID")
+    def conv(x, layer):
+        y = jax.lax.conv_general_dilated(
+            x, p[layer]["kernel"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        y = jax.nn.relu(y + p[layer]["bias"])
+        return jax.lax.reduce_window(y, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
 
-  h = conv(conv(x, "Conv_0"), "Conv_1").reshape(2, -1)
-  h = jax.nn.relu(h @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
-  expected = h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
-  chex.assert_trees_all_close(model.apply(v, x), expected, atol=1e-5)
+    h = conv(conv(x, "Conv_0"), "Conv_1").reshape(2, -1)
+    h = jax.nn.relu(h @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
+    expected = h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
+    chex.assert_trees_all_close(model.apply(v, x), expected, atol=1e-5)
 
 
 def test_unknown_model_and_bad_num_classes_are_rejected():
-  with pytest.raises(ValueError, match="unknown model 'resnet9'.*lenet"):
-    models.create("resnet9", 10)
-  with pytest.raises(ValueError, match="num_classes"):
-    models.create("lenet", 0)
+    with pytest.raises(ValueError, match="unknown model 'resnet9'.*lenet"):
+        models.create("resnet9", 10)
+    with pytest.raises(ValueError, match="num_classes"):
+        models.create("lenet", 0)

@@ -23,16 +23,24 @@ from edgefilter.models.lenet import LeNet
 from edgefilter.models.resnet import CifarResNet, ImageNetResNet
 from edgefilter.models.vgg import CONFIGS, VGG
 
-_CIFAR_DEPTHS = {"resnet8": 8, "resnet20": 20, "resnet32": 32, "resnet44": 44,
-                 "resnet56": 56, "resnet74": 74, "resnet110": 110}
+_CIFAR_DEPTHS = {
+    "resnet8": 8,
+    "resnet20": 20,
+    "resnet32": 32,
+    "resnet44": 44,
+    "resnet56": 56,
+    "resnet74": 74,
+    "resnet110": 110,
+}
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "lenet": functools.partial(LeNet, filters=(20, 50), kernel=5, hidden=500),
     "lenet_slim": functools.partial(LeNet, filters=(6, 16), kernel=3, hidden=120),
-    **{name: functools.partial(CifarResNet, blocks_per_stage=(depth - 2) // 6)
-       for name, depth in _CIFAR_DEPTHS.items()},
-    "resnet10": functools.partial(ImageNetResNet, stage_sizes=(1, 1, 1, 1),
-                                  input_downsample=4),
+    **{
+        name: functools.partial(CifarResNet, blocks_per_stage=(depth - 2) // 6)
+        for name, depth in _CIFAR_DEPTHS.items()
+    },
+    "resnet10": functools.partial(ImageNetResNet, stage_sizes=(1, 1, 1, 1), input_downsample=4),
     "resnet18": functools.partial(ImageNetResNet, stage_sizes=(2, 2, 2, 2)),
     **{name: functools.partial(VGG, config=config) for name, config in CONFIGS.items()},
 }
@@ -42,38 +50,43 @@ MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 _WITHOUT_BATCH_NORM = frozenset({"lenet", "lenet_slim"})
 
 
-def create(name: str, num_classes: int, *,
-           conv_general_dilated: Callable[..., jax.Array] = jax.lax.conv_general_dilated,
-           dot_general: Callable[..., jax.Array] = jax.lax.dot_general,
-           dtype: jnp.dtype = jnp.float32, **options) -> nn.Module:
-  """Builds model ``name`` with ``num_classes`` outputs.
+def create(
+    name: str,
+    num_classes: int,
+    *,
+    conv_general_dilated: Callable[..., jax.Array] = jax.lax.conv_general_dilated,
+    dot_general: Callable[..., jax.Array] = jax.lax.dot_general,
+    dtype: jnp.dtype = jnp.float32,
+    **options,
+) -> nn.Module:
+    """Builds model ``name`` with ``num_classes`` outputs.
 
-  Args:
-    name: one of ``MODEL_NAMES``.
-    num_classes: size of the output layer (2 for an instance filter).
-    conv_general_dilated: the primitive every conv layer calls (e.g. EMP's).
-    dot_general: the primitive every dense layer calls (e.g. a quantized one).
-    dtype: computation dtype of conv and dense layers.
-    **options: model-specific fields, e.g. ``head="imagenet"`` for VGG.
+    Args:
+      name: one of ``MODEL_NAMES``.
+      num_classes: size of the output layer (2 for an instance filter).
+      conv_general_dilated: the primitive every conv layer calls (e.g. EMP's).
+      dot_general: the primitive every dense layer calls (e.g. a quantized one).
+      dtype: computation dtype of conv and dense layers.
+      **options: model-specific fields, e.g. ``head="imagenet"`` for VGG.
 
-  Returns:
-    A ``flax.linen.Module`` called as ``model.apply(variables, x, train=...)`` on NHWC
-    float inputs.
+    Returns:
+      A ``flax.linen.Module`` called as ``model.apply(variables, x, train=...)`` on NHWC
+      float inputs.
 
-  Raises:
-    ValueError: for an unknown name or a non-positive ``num_classes``.
-  """
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-  if int(num_classes) < 1:
-    raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-  ops = Ops(conv_general_dilated, dot_general, dtype)
-  return _REGISTRY[name](num_classes=int(num_classes), ops=ops, **options)
+    Raises:
+      ValueError: for an unknown name or a non-positive ``num_classes``.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    ops = Ops(conv_general_dilated, dot_general, dtype)
+    return _REGISTRY[name](num_classes=int(num_classes), ops=ops, **options)
 
 
 def has_batch_norm(name: str) -> bool:
-  """Whether model ``name`` keeps batch-norm statistics in ``batch_stats``."""
-  return name not in _WITHOUT_BATCH_NORM
+    """Whether model ``name`` keeps batch-norm statistics in ``batch_stats``."""
+    return name not in _WITHOUT_BATCH_NORM
 
 
 __all__ = ["MODEL_NAMES", "Ops", "create", "has_batch_norm"]

@@ -23,39 +23,67 @@ DotFn = Callable[..., jax.Array]
 # He et al. (2015) initialisation, as the CIFAR ResNets and VGG use.
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 # PyTorch's default for Conv2d/Linear (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)).
+lecun_normal = nn.initializers.lecun_normal()
 torch_default = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 @dataclasses.dataclass(frozen=True)
 class Ops:
-  """The two primitives every conv and dense layer of a model is built from.
+    """The two primitives every conv and dense layer of a model is built from.
 
-  Attributes:
-    conv_general_dilated: drop-in for ``jax.lax.conv_general_dilated``.
-    dot_general: drop-in for ``jax.lax.dot_general``.
-    dtype: computation dtype of conv/dense layers (parameters stay float32).
-  """
+    Attributes:
+      conv_general_dilated: drop-in for ``jax.lax.conv_general_dilated``.
+      dot_general: drop-in for ``jax.lax.dot_general``.
+      dtype: computation dtype of conv/dense layers (parameters stay float32).
+    """
 
-  conv_general_dilated: ConvFn = jax.lax.conv_general_dilated
-  dot_general: DotFn = jax.lax.dot_general
-  dtype: Any = jnp.float32
+    conv_general_dilated: ConvFn = jax.lax.conv_general_dilated
+    dot_general: DotFn = jax.lax.dot_general
+    dtype: Any = jnp.float32
 
-  def conv(self, features: int, kernel: int, *, stride: int = 1, padding: Any = "SAME",
-           use_bias: bool = False, kernel_init: Any = he_normal, name: str | None = None
-           ) -> nn.Conv:
-    """A square ``nn.Conv`` (NHWC/HWIO) using this object's conv primitive."""
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
-                   use_bias=use_bias, kernel_init=kernel_init, dtype=self.dtype,
-                   conv_general_dilated=self.conv_general_dilated, name=name)
+    def conv(
+        self,
+        features: int,
+        kernel: int,
+        *,
+        stride: int = 1,
+        padding: Any = "SAME",
+        use_bias: bool = False,
+        kernel_init: Any = he_normal,
+        name: str | None = None,
+    ) -> nn.Conv:
+        """A square ``nn.Conv`` (NHWC/HWIO) using this object's conv primitive."""
+        return nn.Conv(
+            features,
+            (kernel, kernel),
+            strides=(stride, stride),
+            padding=padding,
+            use_bias=use_bias,
+            kernel_init=kernel_init,
+            dtype=self.dtype,
+            conv_general_dilated=self.conv_general_dilated,
+            name=name,
+        )
 
-  def dense(self, features: int, *, kernel_init: Any = nn.initializers.lecun_normal(),
-            name: str | None = None) -> nn.Dense:
-    """An ``nn.Dense`` using this object's dot primitive."""
-    return nn.Dense(features, kernel_init=kernel_init, dtype=self.dtype,
-                    dot_general=self.dot_general, name=name)
+    def dense(
+        self,
+        features: int,
+        *,
+        kernel_init: Any = lecun_normal,
+        name: str | None = None,
+    ) -> nn.Dense:
+        """An ``nn.Dense`` using this object's dot primitive."""
+        return nn.Dense(
+            features,
+            kernel_init=kernel_init,
+            dtype=self.dtype,
+            dot_general=self.dot_general,
+            name=name,
+        )
 
 
 def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
-  """Batch norm with PyTorch's defaults (momentum 0.1 there is 0.9 here, eps 1e-5)."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      dtype=jnp.float32, name=name)
+    """Batch norm with PyTorch's defaults (momentum 0.1 there is 0.9 here, eps 1e-5)."""
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=jnp.float32, name=name
+    )

@@ -12,78 +12,78 @@ from edgefilter.models.layers import Ops, batch_norm
 
 
 class BasicBlock(nn.Module):
-  """Two 3x3 convs with batch norm; the shortcut is option A or B of He et al.
+    """Two 3x3 convs with batch norm; the shortcut is option A or B of He et al.
 
-  Option A (CIFAR ResNets): a parameter-free shortcut that subsamples by the stride and
-  zero-pads the new channels, which gives the published parameter counts (ResNet-20
-  0.27M, ResNet-110 1.7M). Option B (ImageNet ResNets): a strided 1x1 conv + batch norm.
-  """
+    Option A (CIFAR ResNets): a parameter-free shortcut that subsamples by the stride and
+    zero-pads the new channels, which gives the published parameter counts (ResNet-20
+    0.27M, ResNet-110 1.7M). Option B (ImageNet ResNets): a strided 1x1 conv + batch norm.
+    """
 
-  features: int
-  stride: int
-  shortcut: str  # "A" or "B"
-  ops: Ops
+    features: int
+    stride: int
+    shortcut: str  # "A" or "B"
+    ops: Ops
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = self.ops.conv(self.features, 3, stride=self.stride)(x)
-    y = nn.relu(batch_norm(train)(y))
-    y = self.ops.conv(self.features, 3)(y)
-    y = batch_norm(train, name="bn_out")(y)
-    if self.stride != 1 or x.shape[-1] != self.features:
-      if self.shortcut == "A":
-        x = x[:, :: self.stride, :: self.stride, :]
-        extra = self.features - x.shape[-1]
-        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
-      else:
-        x = self.ops.conv(self.features, 1, stride=self.stride, name="proj")(x)
-        x = batch_norm(train, name="proj_bn")(x)
-    return nn.relu(x + y)
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        y = self.ops.conv(self.features, 3, stride=self.stride)(x)
+        y = nn.relu(batch_norm(train)(y))
+        y = self.ops.conv(self.features, 3)(y)
+        y = batch_norm(train, name="bn_out")(y)
+        if self.stride != 1 or x.shape[-1] != self.features:
+            if self.shortcut == "A":
+                x = x[:, :: self.stride, :: self.stride, :]
+                extra = self.features - x.shape[-1]
+                x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+            else:
+                x = self.ops.conv(self.features, 1, stride=self.stride, name="proj")(x)
+                x = batch_norm(train, name="proj_bn")(x)
+        return nn.relu(x + y)
 
 
 class CifarResNet(nn.Module):
-  """CIFAR ResNet of depth 6n+2: 3x3 conv 16, three stages of n blocks (16/32/64)."""
+    """CIFAR ResNet of depth 6n+2: 3x3 conv 16, three stages of n blocks (16/32/64)."""
 
-  num_classes: int
-  blocks_per_stage: int
-  ops: Ops = Ops()
+    num_classes: int
+    blocks_per_stage: int
+    ops: Ops = Ops()
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-    x = nn.relu(batch_norm(train)(self.ops.conv(16, 3)(x)))
-    for stage, features in enumerate((16, 32, 64)):
-      for block in range(self.blocks_per_stage):
-        stride = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(features, stride, "A", self.ops)(x, train)
-    x = jnp.mean(x, axis=(1, 2))
-    return self.ops.dense(self.num_classes)(x)
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        x = nn.relu(batch_norm(train)(self.ops.conv(16, 3)(x)))
+        for stage, features in enumerate((16, 32, 64)):
+            for block in range(self.blocks_per_stage):
+                stride = 2 if stage > 0 and block == 0 else 1
+                x = BasicBlock(features, stride, "A", self.ops)(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        return self.ops.dense(self.num_classes)(x)
 
 
 class ImageNetResNet(nn.Module):
-  """ImageNet ResNet with basic blocks: ResNet-18 ([2, 2, 2, 2]) and the ResNet-10 filter.
+    """ImageNet ResNet with basic blocks: ResNet-18 ([2, 2, 2, 2]) and the ResNet-10 filter.
 
-  ``input_downsample`` > 1 average-pools the input by that factor before the 7x7 stem:
-  the paper's ResNet-10 filter has "an extra stride-4 downsampling" so the filter looks
-  at a 56x56 version of a 224x224 image and costs a small fraction of the main network.
-  """
+    ``input_downsample`` > 1 average-pools the input by that factor before the 7x7 stem:
+    the paper's ResNet-10 filter has "an extra stride-4 downsampling" so the filter looks
+    at a 56x56 version of a 224x224 image and costs a small fraction of the main network.
+    """
 
-  num_classes: int
-  stage_sizes: Sequence[int]
-  input_downsample: int = 1
-  ops: Ops = Ops()
+    num_classes: int
+    stage_sizes: Sequence[int]
+    input_downsample: int = 1
+    ops: Ops = Ops()
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-    if self.input_downsample > 1:
-      d = self.input_downsample
-      x = nn.avg_pool(x, (d, d), strides=(d, d))
-    x = self.ops.conv(64, 7, stride=2, padding=((3, 3), (3, 3)))(x)
-    x = nn.relu(batch_norm(train)(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    for stage, blocks in enumerate(self.stage_sizes):
-      features = 64 * 2**stage
-      for block in range(blocks):
-        stride = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(features, stride, "B", self.ops)(x, train)
-    x = jnp.mean(x, axis=(1, 2))
-    return self.ops.dense(self.num_classes)(x)
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        if self.input_downsample > 1:
+            d = self.input_downsample
+            x = nn.avg_pool(x, (d, d), strides=(d, d))
+        x = self.ops.conv(64, 7, stride=2, padding=((3, 3), (3, 3)))(x)
+        x = nn.relu(batch_norm(train)(x))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for stage, blocks in enumerate(self.stage_sizes):
+            features = 64 * 2**stage
+            for block in range(blocks):
+                stride = 2 if stage > 0 and block == 0 else 1
+                x = BasicBlock(features, stride, "B", self.ops)(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        return self.ops.dense(self.num_classes)(x)

@@ -1,0 +1,164 @@
+"""Run configuration: every command-line flag, the paper's defaults, and validation.
+
+A :class:`TrainConfig` is a frozen dataclass, so it is hashable and safe to close over
+in jitted code. Fields left as ``None`` take the paper's setting for the chosen model
+and dataset when :func:`resolve` is called (PAPER.md, "Training settings"):
+
+* MNIST-like data (mnist, fashion_mnist, idx:*): lr 0.01, momentum 0.5, no weight
+  decay, batch 64, 20 epochs, constant learning rate.
+* CIFAR-10/100: lr 0.1, momentum 0.9, weight decay 1e-4, batch 128, 64k iterations
+  (~164 epochs), lr divided by 10 at 50% and 75% of training (32k and 48k of 64k).
+* ImageNet: lr 0.1, momentum 0.9, weight decay 1e-4, batch 256, lr divided by 10 at
+  1/3 and 2/3 of training (150k and 300k of 450k).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from edgefilter import data as data_lib
+from edgefilter import models
+
+METHODS = ("sgd", "emp", "eif", "eif_emp")
+EMP_POLICIES = ("topk", "threshold")
+BITS = (32, 16, 8, 6, 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """All settings of one run; ``None`` means "the paper's default" (see module doc)."""
+
+    model: str = "lenet"
+    dataset: str = "fashion_mnist"
+    method: str = "sgd"
+    bits: int = 32
+    epochs: float | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    lr_boundaries: tuple[float, ...] | None = None  # Fractions of training; lr /= 10 at each.
+    seed: int = 0
+    data_dir: str | None = None
+    eval_batch_size: int = 1000
+    checkpoint_every_steps: int = 1000
+    log_every_steps: int = 50
+    # Error map pruning (PAPER.md Eq. 11).
+    emp_policy: str = "topk"
+    emp_keep: float = 0.5
+    emp_threshold: float = 1.0
+    gamma1: float = 0.0
+    gamma2: float = 1.0
+
+    @property
+    def uses_emp(self) -> bool:
+        return self.method in ("emp", "eif_emp")
+
+    @property
+    def uses_eif(self) -> bool:
+        return self.method in ("eif", "eif_emp")
+
+
+def dataset_family(dataset: str) -> str:
+    """``"mnist"``, ``"cifar"`` or ``"imagenet"``: which of the paper's settings applies."""
+    if dataset.startswith("idx:") or dataset in ("mnist", "fashion_mnist"):
+        return "mnist"
+    if dataset.startswith("cifar"):
+        return "cifar"
+    return "imagenet"
+
+
+_PAPER = {
+    # family: (lr, momentum, weight decay, batch, iterations or epochs, lr boundaries)
+    "mnist": dict(
+        learning_rate=0.01,
+        momentum=0.5,
+        weight_decay=0.0,
+        batch_size=64,
+        epochs=20.0,
+        lr_boundaries=(),
+    ),
+    "cifar": dict(
+        learning_rate=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        batch_size=128,
+        steps=64_000,
+        lr_boundaries=(0.5, 0.75),
+    ),
+    "imagenet": dict(
+        learning_rate=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        batch_size=256,
+        steps=450_000,
+        lr_boundaries=(1 / 3, 2 / 3),
+    ),
+}
+
+
+def validate(config: TrainConfig) -> None:
+    """Raises ``ValueError`` naming the first bad value and what is allowed."""
+
+    def fail(name: str, value: object, allowed: str) -> None:
+        raise ValueError(f"--{name}={value!r} is invalid: {allowed}")
+
+    if config.model not in models.MODEL_NAMES:
+        fail("model", config.model, f"choose one of {', '.join(models.MODEL_NAMES)}")
+    if not (config.dataset.startswith("idx:") or config.dataset in data_lib.KNOWN_DATASETS):
+        fail(
+            "dataset",
+            config.dataset,
+            f"choose one of {', '.join(data_lib.KNOWN_DATASETS)} or idx:/path/to/folder",
+        )
+    if config.method not in METHODS:
+        fail("method", config.method, f"choose one of {', '.join(METHODS)}")
+    if config.bits not in BITS:
+        fail("bits", config.bits, f"choose one of {', '.join(map(str, BITS))}")
+    if config.epochs is not None and config.steps is not None:
+        fail("steps", config.steps, "give --epochs or --steps, not both")
+    positive = {
+        "epochs": config.epochs,
+        "steps": config.steps,
+        "batch_size": config.batch_size,
+        "learning_rate": config.learning_rate,
+        "eval_batch_size": config.eval_batch_size,
+        "checkpoint_every_steps": config.checkpoint_every_steps,
+        "log_every_steps": config.log_every_steps,
+    }
+    for name, value in positive.items():
+        if value is not None and not (
+            isinstance(value, int | float) and value > 0 and math.isfinite(value)
+        ):
+            fail(name, value, "must be a positive number")
+    if config.momentum is not None and not 0 <= config.momentum < 1:
+        fail("momentum", config.momentum, "must lie in [0, 1)")
+    if config.weight_decay is not None and config.weight_decay < 0:
+        fail("weight_decay", config.weight_decay, "must be >= 0")
+    if config.lr_boundaries is not None and any(not 0 < b < 1 for b in config.lr_boundaries):
+        fail("lr_boundaries", config.lr_boundaries, "fractions of training, each in (0, 1)")
+    if config.emp_policy not in EMP_POLICIES:
+        fail("emp_policy", config.emp_policy, f"choose one of {', '.join(EMP_POLICIES)}")
+    if not 0 < config.emp_keep <= 1:
+        fail("emp_keep", config.emp_keep, "the kept fraction of channels must lie in (0, 1]")
+    if config.emp_threshold < 0:
+        fail("emp_threshold", config.emp_threshold, "must be >= 0")
+    if config.gamma1 < 0 or config.gamma2 < 0 or config.gamma1 + config.gamma2 == 0:
+        fail(
+            "gamma1",
+            (config.gamma1, config.gamma2),
+            "gamma1 and gamma2 must be >= 0 and not both zero",
+        )
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """Validates ``config`` and fills every ``None`` with the paper's default."""
+    validate(config)
+    paper = dict(_PAPER[dataset_family(config.dataset)])
+    if config.epochs is not None or config.steps is not None:
+        paper.pop("epochs", None)
+        paper.pop("steps", None)
+    filled = {k: v for k, v in paper.items() if getattr(config, k) is None}
+    return dataclasses.replace(config, **filled)

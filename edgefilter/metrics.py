@@ -1,0 +1,77 @@
+"""Per-step metrics as JSON lines, and a terminal progress display with rate and ETA.
+
+Metrics are kept as device arrays and fetched in one transfer every ``flush`` call, so
+logging every step does not force a host-device synchronisation every step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class MetricsLog:
+    """Appends ``{"step": s, **metrics}`` records to ``<workdir>/metrics.jsonl``."""
+
+    def __init__(self, workdir: str, resume_step: int = 0):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._pending: list[tuple[int, dict[str, Any]]] = []
+        if os.path.exists(self.path):
+            # Records written after the checkpoint we resume from are replayed: drop them.
+            with open(self.path) as f:
+                kept = [line for line in f if json.loads(line).get("step", 0) <= resume_step]
+            with open(self.path, "w") as f:
+                f.writelines(kept)
+
+    def add(self, step: int, metrics: dict[str, Any]) -> None:
+        """Queues the metrics of ``step`` (device arrays are fine)."""
+        self._pending.append((step, metrics))
+
+    def flush(self) -> dict[str, float]:
+        """Writes all queued records; returns the last one as floats (empty if none)."""
+        if not self._pending:
+            return {}
+        fetched = jax.device_get(self._pending)
+        with open(self.path, "a") as f:
+            for step, metrics in fetched:
+                record = {"step": int(step), **{k: _to_json(v) for k, v in metrics.items()}}
+                f.write(json.dumps(record) + "\n")
+        self._pending.clear()
+        return {k: _to_json(v) for k, v in fetched[-1][1].items()}
+
+
+def _to_json(value: Any) -> Any:
+    value = np.asarray(value)
+    return value.item() if value.ndim == 0 else value.tolist()
+
+
+def progress_bar(enabled: bool | None = None) -> Progress:
+    """A rich progress display (count, rate, elapsed, ETA); off when not on a terminal."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>8.0f} img/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        disable=not enabled,
+        transient=False,
+        refresh_per_second=4,
+    )
