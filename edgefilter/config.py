@@ -19,6 +19,7 @@ import math
 
 from edgefilter import data as data_lib
 from edgefilter import models
+from edgefilter.instance_filter import FilterConfig
 
 METHODS = ("sgd", "emp", "eif", "eif_emp")
 EMP_POLICIES = ("topk", "threshold")
@@ -51,6 +52,21 @@ class TrainConfig:
     emp_threshold: float = 1.0
     gamma1: float = 0.0
     gamma2: float = 1.0
+    # Early instance filter (PAPER.md Eq. 1-7; see edgefilter.instance_filter).
+    r_set: float = 0.3
+    alpha1: float = 1.05
+    alpha2: float = 0.95
+    eif_window: int = 10
+    entropy_threshold: float = 0.5
+    init_threshold: float = 1.0
+    filter_model: str | None = None  # lenet_slim / resnet8 / resnet10 by dataset.
+    filter_learning_rate: float = 0.1
+    filter_lr_decay_steps: int | None = None  # MNIST: 940 filter updates, then lr / 2.
+    eif_probe_size: int | None = None  # Sampled instances per main step: batch_size // 8.
+    eif_control: str = "quantile"
+    eif_static_threshold: bool = False
+    eif_uncertainty: bool = True
+    eif_weighted: bool = True
 
     @property
     def uses_emp(self) -> bool:
@@ -145,12 +161,39 @@ def validate(config: TrainConfig) -> None:
         fail("emp_keep", config.emp_keep, "the kept fraction of channels must lie in (0, 1]")
     if config.emp_threshold < 0:
         fail("emp_threshold", config.emp_threshold, "must be >= 0")
+    if config.filter_model is not None and config.filter_model not in models.MODEL_NAMES:
+        fail("filter_model", config.filter_model, f"choose one of {', '.join(models.MODEL_NAMES)}")
+    if not config.filter_learning_rate > 0:
+        fail("filter_learning_rate", config.filter_learning_rate, "must be > 0")
+    if config.eif_probe_size is not None and config.eif_probe_size < 0:
+        fail("eif_probe_size", config.eif_probe_size, "must be >= 0")
+    if config.uses_eif:
+        filter_config(config)  # Raises for a bad r_set, alpha1, alpha2, window, ...
     if config.gamma1 < 0 or config.gamma2 < 0 or config.gamma1 + config.gamma2 == 0:
         fail(
             "gamma1",
             (config.gamma1, config.gamma2),
             "gamma1 and gamma2 must be >= 0 and not both zero",
         )
+
+
+_FILTER_MODELS = {"mnist": "lenet_slim", "cifar": "resnet8", "imagenet": "resnet10"}
+
+
+def filter_config(config: TrainConfig) -> FilterConfig:
+    """The instance filter's hyper-parameters from the run's flags."""
+    return FilterConfig(
+        r_set=config.r_set,
+        alpha1=config.alpha1,
+        alpha2=config.alpha2,
+        window=config.eif_window,
+        entropy_threshold=config.entropy_threshold,
+        init_threshold=config.init_threshold,
+        static_threshold=config.eif_static_threshold,
+        uncertainty=config.eif_uncertainty,
+        weighted=config.eif_weighted,
+        control=config.eif_control,
+    )
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
@@ -160,5 +203,13 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if config.epochs is not None or config.steps is not None:
         paper.pop("epochs", None)
         paper.pop("steps", None)
+    family = dataset_family(config.dataset)
+    paper["filter_model"] = _FILTER_MODELS[family]
+    # The paper's MNIST filter: lr 0.1 decayed to 0.05 after 0.94k iterations.
+    paper["filter_lr_decay_steps"] = 940 if family == "mnist" else 0
     filled = {k: v for k, v in paper.items() if getattr(config, k) is None}
+    if not config.eif_uncertainty:
+        filled["eif_probe_size"] = 0  # Nothing is sampled, so nothing is probed.
+    elif config.eif_probe_size is None:
+        filled["eif_probe_size"] = max(1, (config.batch_size or paper["batch_size"]) // 8)
     return dataclasses.replace(config, **filled)

@@ -40,6 +40,13 @@ class MetricsLog:
         """Queues the metrics of ``step`` (device arrays are fine)."""
         self._pending.append((step, metrics))
 
+    def records(self) -> list[dict[str, Any]]:
+        """Every record written so far (after a flush), in order."""
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            return [json.loads(line) for line in f]
+
     def flush(self) -> dict[str, float]:
         """Writes all queued records; returns the last one as floats (empty if none)."""
         if not self._pending:
@@ -51,6 +58,31 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
         self._pending.clear()
         return {k: _to_json(v) for k, v in fetched[-1][1].items()}
+
+
+_COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+# Process-wide by nature: jax.monitoring listeners are global and cannot be removed, so
+# one listener is registered once and callers take differences of the running total.
+_compile_seconds = [0.0]
+_listening = [False]
+
+
+def _on_event(event: str, duration_secs: float, **kwargs: Any) -> None:
+    del kwargs
+    if event in _COMPILE_EVENTS:
+        _compile_seconds[0] += duration_secs
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent tracing and compiling jitted functions so far."""
+    if not _listening[0]:
+        jax.monitoring.register_event_duration_secs_listener(_on_event)
+        _listening[0] = True
+    return _compile_seconds[0]
 
 
 def _to_json(value: Any) -> Any:

@@ -1,24 +1,14 @@
-"""Training and evaluation of the main network on a stream of instances.
+"""The main network's training state, optimizer and jitted train/eval steps.
 
-The stream is the concatenation of seeded per-epoch permutations of the training set,
-cut into chunks of ``batch_size`` instances as they "arrive" on the device. Standard SGD
-and EMP train on every chunk; the early instance filter (``--method=eif``) decides per
-chunk which instances the main network trains on. A run is fully determined by its
-config: the stream order comes from ``(seed, epoch)`` and the per-step randomness from
-``fold_in(seed, step)``, so a resumed run ends with the same parameters as an
-uninterrupted one.
-
-``train_and_evaluate(config, workdir)`` is what the command line, the notebooks and the
-end-to-end tests call.
+Pure pieces that :mod:`edgefilter.loop` (the command line's training loop) and users'
+own loops compose: ``create_train_state``, ``make_optimizer``, ``train_step_body`` /
+``make_train_step`` and ``make_eval_step``. ``build_model`` builds a network with the
+conv/dense primitives the run asks for (EMP's pruned conv, k-bit quantized layers).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
-import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,14 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 from flax.training import train_state
 
-from edgefilter import checkpoint as checkpoint_lib
 from edgefilter import config as config_lib
 from edgefilter import data as data_lib
-from edgefilter import emp, models
-from edgefilter import metrics as metrics_lib
+from edgefilter import emp, models, quant
 
 
 class TrainState(train_state.TrainState):
@@ -99,45 +86,53 @@ def preprocess(images: jax.Array, info: data_lib.DatasetInfo, key: jax.Array | N
     return x
 
 
+def train_step_body(
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    weights: jax.Array,
+    key: jax.Array,
+    info: data_lib.DatasetInfo,
+) -> tuple[TrainState, dict[str, jax.Array], jax.Array]:
+    """One SGD step of the main network (not jitted; the jitted steps call it).
+
+    Normalises (and augments) the uint8 batch, runs the forward and backward pass of
+    ``state.apply_fn`` (whose conv layers may be EMP's pruned ones), and applies the
+    optimizer. Returns the new state, scalar metrics and the per-instance losses, which
+    the instance filter labels high or low (Eq. 1).
+    """
+    aug_key, dropout_key = jax.random.split(key)
+    x = preprocess(images, info, aug_key)
+
+    def loss_fn(params):
+        logits, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": dropout_key},
+        )
+        loss, per_instance = weighted_cross_entropy(logits, labels, weights)
+        return loss, (logits, per_instance, updates)
+
+    (loss, (logits, per_instance, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
+    state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    metrics = {
+        "loss": loss,
+        "accuracy": jnp.sum(correct * weights) / jnp.maximum(jnp.sum(weights), 1.0),
+    }
+    return state, metrics, per_instance
+
+
 def make_train_step(info: data_lib.DatasetInfo) -> Callable:
     """Returns the jitted ``train_step(state, images, labels, weights, key)``.
 
-    The step normalises (and augments) the uint8 batch, runs the forward and backward
-    pass of ``state.apply_fn`` (whose conv layers may be EMP's pruned ones), and applies
-    the optimizer. It returns the new state, scalar metrics and the per-instance losses
-    (which the instance filter labels high or low, Eq. 1).
+    See :func:`train_step_body`; the state's buffers are donated.
     """
-
-    @functools.partial(jax.jit, donate_argnums=0)
-    def train_step(
-        state: TrainState, images: jax.Array, labels: jax.Array, weights: jax.Array, key: jax.Array
-    ):
-        aug_key, dropout_key = jax.random.split(key)
-        x = preprocess(images, info, aug_key)
-
-        def loss_fn(params):
-            logits, updates = state.apply_fn(
-                {"params": params, "batch_stats": state.batch_stats},
-                x,
-                train=True,
-                mutable=["batch_stats"],
-                rngs={"dropout": dropout_key},
-            )
-            loss, per_instance = weighted_cross_entropy(logits, labels, weights)
-            return loss, (logits, per_instance, updates)
-
-        (loss, (logits, per_instance, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params
-        )
-        state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
-        correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-        metrics = {
-            "loss": loss,
-            "accuracy": jnp.sum(correct * weights) / jnp.maximum(jnp.sum(weights), 1.0),
-        }
-        return state, metrics, per_instance
-
-    return train_step
+    return jax.jit(functools.partial(train_step_body, info=info), donate_argnums=0)
 
 
 def make_eval_step(info: data_lib.DatasetInfo) -> Callable:
@@ -172,207 +167,24 @@ def evaluate(
     return {"test_accuracy": float(correct) / n, "test_loss": float(loss) / n}
 
 
-@dataclasses.dataclass(frozen=True)
-class Stream:
-    """The training stream: seeded per-epoch permutations, concatenated.
+def emp_policy(config: config_lib.TrainConfig) -> emp.Policy | None:
+    """The run's error-map-pruning policy (PAPER.md Eq. 11), or None without EMP."""
+    if not config.uses_emp:
+        return None
+    if config.emp_policy == "topk":
+        return emp.TopK(config.emp_keep, config.gamma1, config.gamma2)
+    return emp.Threshold(config.emp_threshold, config.gamma1, config.gamma2)
 
-    Position ``s`` of the stream is instance ``permutation(seed, s // n)[s % n]``.
+
+def build_model(
+    name: str, num_classes: int, bits: int = 32, policy: emp.Policy | None = None
+) -> nn.Module:
+    """Model ``name`` whose convs prune error maps (``policy``) and compute in ``bits``.
+
+    At 32 bits without a policy these are lax's own primitives; see :mod:`edgefilter.emp`
+    and :mod:`edgefilter.quant` for what the others do.
     """
-
-    seed: int
-    num_train: int
-    length: int  # Instances streamed over the whole run.
-
-    def indices(self, start: int, count: int) -> np.ndarray:
-        """Training-set indices of stream positions ``[start, start + count)``."""
-        positions = np.arange(start, start + count)
-        epochs, offsets = np.divmod(positions, self.num_train)
-        out = np.empty(count, np.int64)
-        for epoch in np.unique(epochs):
-            sel = epochs == epoch
-            out[sel] = self._permutation(int(epoch))[offsets[sel]]
-        return out
-
-    @functools.lru_cache(maxsize=4)  # noqa: B019 (bounded, and Stream is immutable)
-    def _permutation(self, epoch: int) -> np.ndarray:
-        return data_lib.epoch_permutation(self.seed, epoch, self.num_train)
-
-
-def stream_batch(indices: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fills a batch of static size: ``indices`` then repeats of them with weight 0.
-
-    Only a run's final chunk can be short. Repeating real instances (rather than zeros)
-    keeps batch-norm statistics sane; their weight 0 removes them from the loss, so they
-    are neither trained on nor counted as trained.
-    """
-    n = len(indices)
-    weights = (np.arange(batch_size) < n).astype(np.float32)
-    return indices[np.arange(batch_size) % n], weights
-
-
-def build_main_model(config: config_lib.TrainConfig, num_classes: int) -> nn.Module:
-    """The main network with the conv primitive the method asks for."""
-    conv = jax.lax.conv_general_dilated
-    if config.uses_emp:
-        if config.emp_policy == "topk":
-            policy = emp.TopK(config.emp_keep, config.gamma1, config.gamma2)
-        else:
-            policy = emp.Threshold(config.emp_threshold, config.gamma1, config.gamma2)
-        conv = emp.conv_general_dilated(policy)
-    return models.create(config.model, num_classes, conv_general_dilated=conv)
-
-
-def _loop_state(state: TrainState, position: int, trained: int, wall_time: float) -> dict[str, Any]:
-    """Everything a resumed run needs, as one checkpointable pytree."""
-    return {
-        "state": state,
-        "position": np.asarray(position, np.int64),
-        "trained": np.asarray(trained, np.int64),
-        "wall_time": np.asarray(wall_time, np.float64),
-    }
-
-
-def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def train_and_evaluate(
-    config: config_lib.TrainConfig,
-    workdir: str,
-    *,
-    dataset: data_lib.Dataset | None = None,
-    show_progress: bool | None = None,
-) -> dict[str, Any]:
-    """Runs (or resumes) one training run and writes ``<workdir>/summary.json``.
-
-    Args:
-      config: the run's settings; ``None`` fields take the paper's defaults.
-      workdir: where checkpoints, ``metrics.jsonl`` and ``summary.json`` go. A workdir
-        holding a checkpoint of the same run is resumed from it.
-      dataset: an already loaded dataset (tests and notebooks); loaded from
-        ``config.dataset`` when None.
-      show_progress: force the terminal progress display on or off (default: on a TTY).
-
-    Returns:
-      The summary dictionary that was written to ``summary.json``.
-
-    Raises:
-      ValueError: for an invalid config. data.DataUnavailableError: when the dataset
-        cannot be had. Both happen before anything is written to ``workdir``.
-    """
-    config = config_lib.resolve(config)
-    if config.uses_eif:
-        raise NotImplementedError(f"--method={config.method} is not available yet")
-    if dataset is None:
-        dataset = data_lib.load(config.dataset, config.data_dir)
-    info = dataset.info
-    num_train = len(dataset.train_images)
-    m = config.batch_size
-    length = config.steps * m if config.steps is not None else int(round(config.epochs * num_train))
-    stream = Stream(config.seed, num_train, length)
-    total_steps = -(-length // m)
-
-    model = build_main_model(config, info.num_classes)
-    tx = make_optimizer(config, total_steps)
-    root, init_key = jax.random.split(jax.random.key(config.seed))
-    state = create_train_state(model, tx, init_key, info.image_shape)
-    loop = _loop_state(state, 0, 0, 0.0)
-
-    os.makedirs(workdir, exist_ok=True)
-    _write_json_atomic(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
-    checkpointer = checkpoint_lib.Checkpointer(workdir)
-    if checkpointer.latest_step() is not None:
-        loop = checkpointer.restore(loop)
-        logging.info("resumed from step %d", int(loop["state"].step))
-    state = loop["state"]
-    position, trained = int(loop["position"]), int(loop["trained"])
-    wall_time = float(loop["wall_time"])
-    metrics_log = metrics_lib.MetricsLog(workdir, resume_step=int(state.step))
-
-    train_step = make_train_step(info)
-    eval_step = make_eval_step(info)
-    history: list[dict[str, float]] = []
-    last: dict[str, float] = {}
-    started = time.perf_counter()
-    with metrics_lib.progress_bar(show_progress) as progress:
-        task = progress.add_task(
-            f"{config.method} {config.model}",
-            total=total_steps,
-            completed=int(state.step),
-            rate=0.0,
-            info="",
-        )
-        while position < length:
-            count = min(m, length - position)
-            idx, weights = stream_batch(stream.indices(position, count), m)
-            step = int(state.step)
-            state, metrics, _ = train_step(
-                state,
-                dataset.train_images[idx],
-                dataset.train_labels[idx],
-                weights,
-                jax.random.fold_in(root, step),
-            )
-            metrics_log.add(step + 1, metrics)
-            epoch_done = (position + count) // num_train > position // num_train
-            position, trained = position + count, trained + count
-            finished = position >= length
-            checkpoint_due = (
-                (step + 1) % config.checkpoint_every_steps == 0 or epoch_done or finished
-            )
-            if (step + 1) % config.log_every_steps == 0 or checkpoint_due:
-                last = metrics_log.flush() or last
-            if epoch_done or finished:
-                result = evaluate(
-                    eval_step,
-                    state,
-                    dataset.test_images,
-                    dataset.test_labels,
-                    config.eval_batch_size,
-                )
-                result["epoch"] = position / num_train
-                history.append(result)
-                metrics_log.add(step + 1, result)
-                metrics_log.flush()
-                progress.console.print(
-                    f"epoch {result['epoch']:.2f}: test accuracy "
-                    f"{result['test_accuracy']:.4f}, loss {result['test_loss']:.4f}"
-                )
-            elapsed = wall_time + time.perf_counter() - started
-            progress.update(
-                task,
-                completed=step + 1,
-                rate=trained / max(elapsed, 1e-9),
-                info=f"loss {last.get('loss', float('nan')):.3f}",
-            )
-            if checkpoint_due:  # Metrics up to here are flushed, so a resume loses none.
-                checkpointer.save(step + 1, _loop_state(state, position, trained, elapsed))
-    checkpointer.close()
-    wall_time += time.perf_counter() - started
-
-    final = (
-        history[-1]
-        if history
-        else evaluate(
-            eval_step, state, dataset.test_images, dataset.test_labels, config.eval_batch_size
-        )
+    conv = quant.conv_general_dilated(bits, policy=policy)
+    return models.create(
+        name, num_classes, conv_general_dilated=conv, dot_general=quant.dot_general(bits)
     )
-    summary = {
-        "config": dataclasses.asdict(config),
-        "test_accuracy": final["test_accuracy"],
-        "test_loss": final["test_loss"],
-        "instances_streamed": int(position),
-        "instances_trained": int(trained),
-        "steps": int(state.step),
-        "wall_time_s": wall_time,
-        "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
-        # Compiled versions of the train step in this process: 1 unless shapes changed.
-        "train_step_compilations": int(train_step._cache_size()),
-        "history": history,
-    }
-    _write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-    summary["state"] = state
-    return summary

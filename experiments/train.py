@@ -18,7 +18,7 @@ from absl import app, flags, logging
 
 from edgefilter import config as config_lib
 from edgefilter import data as data_lib
-from edgefilter import train as train_lib
+from edgefilter import loop
 
 _DEFAULTS = config_lib.TrainConfig()
 FLAGS = flags.FLAGS
@@ -62,6 +62,40 @@ flags.DEFINE_float(
 )
 flags.DEFINE_float("gamma1", _DEFAULTS.gamma1, "Weight of ||W_j||_1 in the score (Eq. 11).")
 flags.DEFINE_float("gamma2", _DEFAULTS.gamma2, "Weight of ||delta_ij||_1 (Eq. 11).")
+flags.DEFINE_float("r_set", _DEFAULTS.r_set, "EIF: target fraction of the stream trained on.")
+flags.DEFINE_float("alpha1", _DEFAULTS.alpha1, "EIF: T_l multiplier when R_TH >= r_set (Eq. 3).")
+flags.DEFINE_float("alpha2", _DEFAULTS.alpha2, "EIF: T_l multiplier when R_TH < r_set (Eq. 3).")
+flags.DEFINE_integer("eif_window", _DEFAULTS.eif_window, "EIF: chunks n per R_TH window (Eq. 2).")
+flags.DEFINE_float(
+    "entropy_threshold",
+    _DEFAULTS.entropy_threshold,
+    "EIF: entropy_T in nats for uncertainty sampling (Eq. 5).",
+)
+flags.DEFINE_float("init_threshold", _DEFAULTS.init_threshold, "EIF: initial loss threshold T_l.")
+flags.DEFINE_string(
+    "filter_model",
+    None,
+    "EIF: filter network (default: lenet_slim, resnet8 or resnet10 by dataset).",
+)
+flags.DEFINE_float("filter_learning_rate", _DEFAULTS.filter_learning_rate, "EIF: filter lr.")
+flags.DEFINE_integer(
+    "filter_lr_decay_steps",
+    None,
+    "EIF: filter updates after which its lr halves (MNIST: 940; 0: never).",
+)
+flags.DEFINE_integer(
+    "eif_probe_size",
+    None,
+    "EIF: uncertainty-sampled instances probed per main step (batch_size/8).",
+)
+flags.DEFINE_string(
+    "eif_control",
+    _DEFAULTS.eif_control,
+    "EIF: 'quantile' (holds the kept ratio) or 'argmax' (the paper's rule).",
+)
+flags.DEFINE_bool("eif_static_threshold", False, "EIF ablation: keep T_l fixed.")
+flags.DEFINE_bool("eif_uncertainty", True, "EIF: uncertainty sampling (False: ablation).")
+flags.DEFINE_bool("eif_weighted", True, "EIF: weighted filter loss (False: ablation).")
 flags.DEFINE_bool("progress", None, "Show the progress display (default: on a terminal).")
 
 
@@ -82,7 +116,7 @@ def config_from_flags() -> config_lib.TrainConfig:
     return config_lib.TrainConfig(**values)
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
@@ -92,23 +126,23 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return FLAGS(argv)
     except flags.Error as e:
-        _fail(str(e))
+        fail(str(e))
     return []
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        _fail(f"unexpected arguments {argv[1:]!r}; all options are --flags")
+        fail(f"unexpected arguments {argv[1:]!r}; all options are --flags")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
     if not FLAGS.workdir:
-        _fail("--workdir is required: the directory for checkpoints, metrics and summary.json")
+        fail("--workdir is required: the directory for checkpoints, metrics and summary.json")
     try:  # Everything that can be wrong with the input fails here, before any output.
         config = config_lib.resolve(config_from_flags())
         dataset = data_lib.load(config.dataset, config.data_dir)
     except (ValueError, data_lib.DataUnavailableError) as e:
-        _fail(str(e))
-    summary = train_lib.train_and_evaluate(
+        fail(str(e))
+    summary = loop.train_and_evaluate(
         config, FLAGS.workdir, dataset=dataset, show_progress=FLAGS.progress
     )
     print(

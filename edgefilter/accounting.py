@@ -1,0 +1,74 @@
+"""The ``compute`` block of summary.json: what a run cost, against SGD on the same stream.
+
+Counted analytically (multiply-accumulates of conv and dense layers, the convention of
+PAPER.md and :mod:`edgefilter.flops`), from what the run actually executed:
+
+* ``main_forward`` / ``main_backward``: the main network's training steps, counted for
+  every slot of every executed batch (a zero-weight padding slot is computed, so it is
+  counted); with EMP the backward of each conv layer is scaled by its kept fraction.
+* ``emp_selection``: EMP's channel scoring and top-k.
+* ``filter_inference``: the filter's forward on every streamed chunk slot.
+* ``filter_training``: the filter's forward and backward on its training instances.
+* ``uncertainty_forward``: the main network's forward on the uncertainty-sampled
+  instances (Eq. 4-5), which are probed but not trained on.
+
+``sgd_same_stream`` is standard SGD training every streamed instance once, in full
+precision; ``reduction = 1 - total / sgd_same_stream``. With ``--bits`` below 32 the
+unit is bit-operations (BOP, in 32x32-bit MAC equivalents): a MAC of two b-bit operands
+counts ``b * b / 32**2`` (the filter runs at the same bits as the main network).
+
+EMP's ``threshold`` policy keeps a data-dependent number of channels per step; its
+kept counts are not recorded, so its backward is counted dense (an upper bound) and
+``emp_counted_dense`` says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgefilter import config as config_lib
+from edgefilter import data as data_lib
+from edgefilter import flops
+
+
+def run_compute(
+    config: config_lib.TrainConfig, info: data_lib.DatasetInfo, loop: dict[str, Any]
+) -> dict[str, Any]:
+    """The compute block for a finished (or resumed-and-finished) run's loop state."""
+    shape, classes, m = info.image_shape, info.num_classes, config.batch_size
+    dense = flops.per_instance(config.model, shape, classes)
+    main_steps = int(loop["state"].step)
+    slots = main_steps * m
+    counted_dense = config.uses_emp and config.emp_policy != "topk"
+    if config.uses_emp and not counted_dense:
+        pruned = flops.emp_train(config.model, shape, classes, config.emp_keep, batch_size=m)
+        backward = pruned["error_propagation"] + pruned["weight_gradient"]
+        selection = pruned["selection"] * slots
+    else:
+        backward = dense["error_propagation"] + dense["weight_gradient"]
+        selection = 0.0
+    scale = flops.scale_for_bits(config.bits)
+    breakdown = {
+        "main_forward": slots * dense["forward"] * scale,
+        "main_backward": slots * backward * scale,
+        "emp_selection": selection,
+    }
+    if config.uses_eif:
+        filt = flops.per_instance(config.filter_model, shape, 2)
+        probes = config.eif_probe_size
+        breakdown["filter_inference"] = int(loop["chunk"]) * m * filt["forward"] * scale
+        filter_steps = int(loop["filter"].net.step)
+        breakdown["filter_training"] = filter_steps * (m + probes) * filt["train"] * scale
+        breakdown["uncertainty_forward"] = main_steps * probes * dense["forward"] * scale
+    total = sum(breakdown.values())
+    sgd = int(loop["position"]) * dense["train"]
+    return {
+        "unit": "MAC" if config.bits == 32 else "BOP",
+        "total": int(round(total)),
+        "sgd_same_stream": int(sgd),
+        "reduction": 1.0 - total / sgd,
+        "breakdown": {k: int(round(v)) for k, v in breakdown.items()},
+        "per_instance": dense,
+        "emp_counted_dense": counted_dense,
+        "counted": "analytic",
+    }
