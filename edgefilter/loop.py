@@ -25,11 +25,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from edgefilter import accounting
+from edgefilter import accounting, eif_training
 from edgefilter import checkpoint as checkpoint_lib
 from edgefilter import config as config_lib
 from edgefilter import data as data_lib
-from edgefilter import eif_training
 from edgefilter import metrics as metrics_lib
 from edgefilter import stream as stream_lib
 from edgefilter import train as train_lib

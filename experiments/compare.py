@@ -146,7 +146,8 @@ def write_table(rows: list[dict[str, Any]], base: config_lib.TrainConfig, workdi
     for r in rows:
         lines.append(
             f"| {r['variant']} | {r['test_accuracy']:.4f} | {r['trained_fraction']:.3f} "
-            f"| {r['counted_reduction']:.3f} ({r['unit']}) | {_fmt(r['measured_reduction'], '.3f')} "
+            f"| {r['counted_reduction']:.3f} ({r['unit']}) "
+            f"| {_fmt(r['measured_reduction'], '.3f')} "
             f"| {_fmt(r['measured_over_counted'], '.2f')} | {r['train_time_s']:.1f} "
             f"| {r['images_per_s']:.0f} | {r['peak_rss_mib']:.0f} |"
         )
