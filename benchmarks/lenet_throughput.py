@@ -93,16 +93,15 @@ def torch_round_factory(batch_size: int, steps: int, threads: int):
     )
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.5)
     images, labels = _batches(steps, batch_size)
-    mean, std = data_lib.info("fashion_mnist").mean, data_lib.info("fashion_mnist").std
+    info = data_lib.info("fashion_mnist")
+    mean, std = 255.0 * info.mean[0], 255.0 * info.std[0]
     images_t = torch.from_numpy(images).permute(0, 1, 4, 2, 3).contiguous()  # NCHW
     labels_t = torch.from_numpy(labels).long()
 
     def run_round() -> float:
         start = time.perf_counter()
         for i in range(steps):
-            x = (images_t[i].float() - float(np.asarray(mean).ravel()[0])) / float(
-                np.asarray(std).ravel()[0]
-            )
+            x = (images_t[i].float() - mean) / std
             opt.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(net(x), labels_t[i])
             loss.backward()

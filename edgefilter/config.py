@@ -19,7 +19,7 @@ import math
 
 from edgefilter import data as data_lib
 from edgefilter import models
-from edgefilter.instance_filter import FilterConfig
+from edgefilter.instance_filter import CONTROLS, FilterConfig
 
 METHODS = ("sgd", "emp", "eif", "eif_emp")
 EMP_POLICIES = ("topk", "threshold")
@@ -63,6 +63,7 @@ class TrainConfig:
     filter_learning_rate: float = 0.1
     filter_lr_decay_steps: int | None = None  # MNIST: 940 filter updates, then lr / 2.
     eif_probe_size: int | None = None  # Sampled instances per main step: batch_size // 8.
+    eif_random_probes: int = 1  # Random predicted-L instances sampled per chunk.
     eif_control: str = "quantile"
     eif_static_threshold: bool = False
     eif_uncertainty: bool = True
@@ -167,8 +168,15 @@ def validate(config: TrainConfig) -> None:
         fail("filter_learning_rate", config.filter_learning_rate, "must be > 0")
     if config.eif_probe_size is not None and config.eif_probe_size < 0:
         fail("eif_probe_size", config.eif_probe_size, "must be >= 0")
+    if config.eif_random_probes < 0:
+        fail("eif_random_probes", config.eif_random_probes, "must be >= 0")
     if config.uses_eif:
-        filter_config(config)  # Raises for a bad r_set, alpha1, alpha2, window, ...
+        # FilterConfig names these two `window` and `control`; name the flags instead.
+        if not config.eif_window >= 1:
+            fail("eif_window", config.eif_window, "must be a positive integer")
+        if config.eif_control not in CONTROLS:
+            fail("eif_control", config.eif_control, f"choose one of {', '.join(CONTROLS)}")
+        filter_config(config)  # Raises for a bad r_set, alpha1, alpha2, entropy_threshold, ...
     if config.gamma1 < 0 or config.gamma2 < 0 or config.gamma1 + config.gamma2 == 0:
         fail(
             "gamma1",
@@ -208,7 +216,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     # The paper's MNIST filter: lr 0.1 decayed to 0.05 after 0.94k iterations.
     paper["filter_lr_decay_steps"] = 940 if family == "mnist" else 0
     filled = {k: v for k, v in paper.items() if getattr(config, k) is None}
-    if not config.eif_uncertainty:
+    if not config.eif_uncertainty and config.eif_random_probes == 0:
         filled["eif_probe_size"] = 0  # Nothing is sampled, so nothing is probed.
     elif config.eif_probe_size is None:
         filled["eif_probe_size"] = max(1, (config.batch_size or paper["batch_size"]) // 8)

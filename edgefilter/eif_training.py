@@ -4,11 +4,14 @@ For every arriving chunk of ``m`` instances (PAPER.md, "Early instance filter"):
 
 1. the filter runs forward on all of them (prediction and entropy, Eq. 4-5);
 2. predicted-H instances join the *train queue*; predicted-L instances whose entropy
-   exceeds ``entropy_T`` join the *probe queue* (most uncertain first; the probe queue
-   holds at most four probe batches, further sampled instances are skipped and counted);
+   exceeds ``entropy_T`` join the *probe queue* (most uncertain first), and
+   ``eif_random_probes`` predicted-L instances drawn at random join the *random queue*
+   (they estimate how many predicted-L instances are in fact high-loss, which sets
+   ``T_l`` under quantile control: see ``instance_filter``); each queue holds at most
+   four probe batches, further sampled instances are skipped and counted;
 3. whenever the train queue holds a full batch of ``m`` instances, one jitted step
-   a. runs the main network forward on ``P`` probe-queue instances (no update): their
-      losses give their labels (uncertainty sampling);
+   a. runs the main network forward on ``P`` sampled instances (no update), random
+      ones first, then uncertain ones: their losses give their labels;
    b. trains the main network (forward and backward, with EMP in ``eif_emp``) on the
       ``m`` queued predicted-H instances; the forward's losses give their labels;
    c. updates the filter on those ``m + P`` labelled instances with the weighted loss
@@ -70,12 +73,22 @@ def make_eif_step(info: data_lib.DatasetInfo, fconfig: instance_filter.FilterCon
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def eif_step(
-        main, fstate, images, labels, weights, probe_images, probe_labels, probe_mask, key
+        main,
+        fstate,
+        images,
+        labels,
+        weights,
+        probe_images,
+        probe_labels,
+        probe_mask,
+        probe_random,
+        key,
     ):
         x = train_lib.preprocess(images, info, None)
         xs, losses_known = [x], []
         pred_high, mask = [jnp.ones(len(labels), bool)], [weights > 0]
-        if probes:  # Labels of uncertainty-sampled instances, from the pre-update network.
+        random = [jnp.zeros(len(labels), bool)]
+        if probes:  # Labels of sampled instances, from the pre-update network.
             xp = train_lib.preprocess(probe_images, info, None)
             logits = main.apply_fn(
                 {"params": main.params, "batch_stats": main.batch_stats}, xp, train=False
@@ -88,6 +101,7 @@ def make_eif_step(info: data_lib.DatasetInfo, fconfig: instance_filter.FilterCon
             xs.append(xp)
             pred_high.append(jnp.zeros(probes, bool))
             mask.append(probe_mask)
+            random.append(probe_random)
         main, metrics, train_losses = train_lib.train_step_body(
             main, images, labels, weights, key, info
         )
@@ -98,6 +112,7 @@ def make_eif_step(info: data_lib.DatasetInfo, fconfig: instance_filter.FilterCon
             jnp.concatenate(pred_high),
             jnp.concatenate(mask),
             fconfig,
+            jnp.concatenate(random),
         )
         return main, fstate, {**metrics, **filter_metrics}
 
@@ -124,6 +139,7 @@ class EifRunner:
         self.fconfig = config_lib.filter_config(config)
         self.batch = config.batch_size
         self.probes = config.eif_probe_size
+        self.random_probes = config.eif_random_probes if self.probes else 0
         self.dataset = dataset
         self.filter_model = filter_model
         self.info = info
@@ -147,6 +163,7 @@ class EifRunner:
             "filter": fstate,
             "train_queue": stream_lib.Queue.empty(2 * self.batch),
             "probe_queue": stream_lib.Queue.empty(max(1, PROBE_QUEUE_BATCHES * self.probes)),
+            "random_queue": stream_lib.Queue.empty(max(1, PROBE_QUEUE_BATCHES * self.probes)),
             "skipped_probes": np.asarray(0, np.int64),
         }
 
@@ -156,12 +173,18 @@ class EifRunner:
         """Steps 1-4 of the module doc for one chunk; returns loop state and records."""
         images = self.dataset.train_images[indices]
         fstate, pred = self.predict(loop["filter"], images, weights > 0)
-        pred_high, uncertain, entropy = jax.device_get(
-            (pred.pred_high, pred.uncertain, pred.entropy)
-        )
+        fetched = jax.device_get((pred.pred_high, pred.uncertain, pred.entropy))
+        pred_high, uncertain, entropy = (np.array(a) for a in fetched)  # Writable copies.
         loop = dict(loop, filter=fstate)
         loop["train_queue"], overflow = loop["train_queue"].push(indices[pred_high])
         assert overflow == 0, "the train queue is drained below one batch after every chunk"
+        if self.random_probes:  # Random predicted-L instances (see instance_filter's doc).
+            low = np.flatnonzero(~pred_high & (weights > 0))
+            rng = np.random.default_rng((self.config.seed, chunk))
+            chosen = rng.choice(low, min(self.random_probes, len(low)), replace=False)
+            uncertain[chosen] = False  # Probed once, as a random sample.
+            loop["random_queue"], skipped = loop["random_queue"].push(indices[chosen])
+            loop["skipped_probes"] = np.asarray(loop["skipped_probes"] + skipped, np.int64)
         if self.probes:
             order = np.argsort(-entropy[uncertain], kind="stable")
             loop["probe_queue"], skipped = loop["probe_queue"].push(indices[uncertain][order])
@@ -187,12 +210,13 @@ class EifRunner:
         loop = dict(loop)
         loop["train_queue"], chosen = loop["train_queue"].pop(count)
         idx, weights = stream_lib.stream_batch(chosen, self.batch)
-        if self.probes:
-            loop["probe_queue"], probe_idx = loop["probe_queue"].pop(self.probes)
-            probe_mask = np.arange(self.probes) < len(probe_idx)
-            probe_idx = np.concatenate([probe_idx, idx[: self.probes - len(probe_idx)]])
-        else:
-            probe_idx, probe_mask = np.zeros(0, np.int64), np.zeros(0, bool)
+        # Probe slots: random samples first, then the most uncertain; the rest padding.
+        loop["random_queue"], random_idx = loop["random_queue"].pop(self.probes)
+        loop["probe_queue"], unsure_idx = loop["probe_queue"].pop(self.probes - len(random_idx))
+        probe_idx = np.concatenate([random_idx, unsure_idx]).astype(np.int64)
+        probe_mask = np.arange(self.probes) < len(probe_idx)
+        probe_random = np.arange(self.probes) < len(random_idx)
+        probe_idx = np.concatenate([probe_idx, idx[: self.probes - len(probe_idx)]])
         main = loop["state"]
         key = jax.random.fold_in(self.root, int(main.step))
         data = self.dataset
@@ -205,6 +229,7 @@ class EifRunner:
             data.train_images[probe_idx],
             data.train_labels[probe_idx],
             probe_mask,
+            probe_random,
             key,
         )
         loop.update(

@@ -25,7 +25,21 @@ fraction is ``R_set`` by construction. Chunks are random draws from the stream, 
 per-chunk quantile costs little adaptivity; a quantile over several past chunks was
 tried first and lagged behind the filter's drift (kept fractions from 0.06 to 0.46
 per window on Fashion-MNIST). ``control="argmax"`` (offset 0) is the paper's rule, kept
-as an ablation. ``T_l`` adapts by Eq. 3 so that ``R_TH`` tracks ``R_set`` either way.
+as an ablation.
+
+**The threshold under quantile control.** Eq. 3 raises ``T_l`` when ``R_TH >= R_set``.
+With the kept fraction held at ``R_set``, ``R_TH`` is ``R_set`` times the fraction of
+kept instances labelled H, so it reaches ``R_set`` only when every kept instance is H:
+Eq. 3 then lowers ``T_l`` without end (seen: ``T_l`` fell to 0.001, every label became H,
+the filter learned nothing and the kept instances were a biased, not a hard, subset;
+75% test accuracy after 17 epochs against SGD's 90%). ``T_l`` is meant to be the loss
+above which ``R_set`` of the stream lies, so under quantile control the same
+multiplicative rule (Eq. 3, same ``alpha1``/``alpha2``) compares ``R_set`` with an
+estimate of the fraction of the *stream* labelled H: the true-high fraction plus the
+predicted-L fraction times the H rate of *randomly* sampled predicted-L instances
+(``update``'s ``random`` mask; a few per chunk, labelled by a main-network forward like
+the uncertainty-sampled ones, and added to the filter's training set). Under ``argmax``
+control Eq. 3 is applied to ``R_TH`` exactly as the paper states.
 """
 
 from __future__ import annotations
@@ -118,6 +132,8 @@ class FilterState(struct.PyTreeNode):
     wrong: jax.Array  # Of them, predicted differently from their label.
     sampled: jax.Array  # Uncertainty-sampled instances (predicted L, Eq. 5).
     main_loss_sum: jax.Array  # Sum of main-network losses over the known instances.
+    random_known: jax.Array  # Randomly sampled predicted-L instances labelled (window).
+    random_high: jax.Array  # Of them, labelled H.
 
 
 class Prediction(NamedTuple):
@@ -157,6 +173,8 @@ def init(
         wrong=_zeros_i32(),
         sampled=_zeros_i32(),
         main_loss_sum=jnp.zeros((), jnp.float32),
+        random_known=_zeros_i32(),
+        random_high=_zeros_i32(),
     )
 
 
@@ -212,6 +230,7 @@ def update(
     pred_high: jax.Array,
     mask: jax.Array,
     config: FilterConfig,
+    random: jax.Array | None = None,
 ) -> tuple[FilterState, dict[str, jax.Array]]:
     """One filter training step on instances whose main-network loss is known.
 
@@ -225,7 +244,11 @@ def update(
       pred_high: ``[k]`` the filter's earlier decision on each of them.
       mask: ``[k]`` bool, False for padding.
       config: filter hyper-parameters.
+      random: ``[k]`` bool, True for predicted-L instances sampled at random (not by
+        uncertainty): their labels estimate the H rate among predicted-L instances.
     """
+    if random is None:
+        random = jnp.zeros_like(mask)
     label_high = eif.loss_labels(main_losses, state.threshold)
 
     def loss_fn(params):
@@ -244,6 +267,8 @@ def update(
         known=state.known + known,
         wrong=state.wrong + jnp.sum((pred_high != label_high) & mask, dtype=jnp.int32),
         main_loss_sum=state.main_loss_sum + jnp.sum(jnp.where(mask, main_losses, 0.0)),
+        random_known=state.random_known + jnp.sum(random & mask, dtype=jnp.int32),
+        random_high=state.random_high + jnp.sum(random & mask & label_high, dtype=jnp.int32),
     )
     metrics = {
         "filter_loss": loss,
@@ -255,16 +280,26 @@ def update(
 def end_window(state: FilterState, config: FilterConfig) -> tuple[FilterState, dict]:
     """Closes a window of ``n`` chunks: Eq. 2 for ``R_TH``, Eq. 3 for ``T_l``.
 
-    Resets the window's counters. Returns the window's metrics: ``r_th``, ``threshold`` (the new
-    ``T_l``), ``predicted_high_fraction``, ``wrong_prediction_ratio`` (over instances
-    whose label is known), ``sampled_fraction`` and ``main_loss``.
+    Under quantile control the rule compares ``R_set`` with the estimated fraction of the
+    stream labelled H (``high_rate_estimate``) instead of ``R_TH`` (see the module doc).
+    Resets the window's counters. Returns the window's metrics: ``r_th``, ``threshold``
+    (the new ``T_l``), ``predicted_high_fraction``, ``wrong_prediction_ratio`` (over
+    instances whose label is known), ``sampled_fraction``, ``main_loss``, ``offset``,
+    ``high_rate_estimate`` and ``random_sampled``.
     """
     streamed = jnp.maximum(state.streamed, 1)
     r_th = state.true_high / streamed
+    # Fraction of the stream labelled H: known for predicted-H instances, estimated from
+    # the random samples for predicted-L ones (see the module doc).
+    low_high_rate = state.random_high / jnp.maximum(state.random_known, 1)
+    high_rate = r_th + (state.streamed - state.predicted_high) / streamed * low_high_rate
+    controlled = r_th
+    if config.control == "quantile":
+        controlled = jnp.where(state.random_known > 0, high_rate, r_th)
     threshold = state.threshold
     if not config.static_threshold:
         threshold = eif.update_threshold(
-            threshold, r_th, config.r_set, config.alpha1, config.alpha2
+            threshold, controlled, config.r_set, config.alpha1, config.alpha2
         )
     metrics = {
         "r_th": r_th,
@@ -274,6 +309,8 @@ def end_window(state: FilterState, config: FilterConfig) -> tuple[FilterState, d
         "sampled_fraction": state.sampled / streamed,
         "main_loss": state.main_loss_sum / jnp.maximum(state.known, 1),
         "offset": state.offset,
+        "high_rate_estimate": high_rate,
+        "random_sampled": state.random_known,
     }
     zero = _zeros_i32()
     state = state.replace(
@@ -285,5 +322,7 @@ def end_window(state: FilterState, config: FilterConfig) -> tuple[FilterState, d
         wrong=zero,
         sampled=zero,
         main_loss_sum=jnp.zeros((), jnp.float32),
+        random_known=zero,
+        random_high=zero,
     )
     return state, metrics

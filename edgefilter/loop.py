@@ -135,6 +135,7 @@ def train_and_evaluate(
         "trained": np.asarray(0, np.int64),
         "wall_time": np.asarray(0.0, np.float64),
         "side_time": np.asarray(0.0, np.float64),
+        "compile_time": np.asarray(0.0, np.float64),
         **runner.initial(),
     }
 
@@ -158,7 +159,7 @@ def train_and_evaluate(
     last: dict[str, float] = {}
     started, wall_time = time.perf_counter(), float(loop["wall_time"])
     side_time = float(loop["side_time"])  # Evaluation and checkpointing.
-    compile_started = metrics_lib.compile_seconds()
+    compile_started = metrics_lib.compile_seconds() - float(loop["compile_time"])
     with metrics_lib.progress_bar(show_progress) as progress:
         task = progress.add_task(
             f"{config.method} {config.model}",
@@ -186,7 +187,7 @@ def train_and_evaluate(
             if chunk % config.log_every_steps == 0 or checkpoint_due:
                 last = metrics_log.flush() or last
             if epoch_done or finished:
-                eval_started = time.perf_counter()
+                eval_started, eval_compile = time.perf_counter(), metrics_lib.compile_seconds()
                 result = {**evaluate(), "epoch": position / num_train}
                 metrics_log.add(chunk, result)
                 metrics_log.flush()
@@ -195,7 +196,9 @@ def train_and_evaluate(
                     f"loss {result['test_loss']:.4f}, trained {int(loop['trained'])} of "
                     f"{position} instances"
                 )
+                # Evaluation time, less its compilation (which compile_time counts).
                 side_time += time.perf_counter() - eval_started
+                side_time -= metrics_lib.compile_seconds() - eval_compile
             elapsed = wall_time + time.perf_counter() - started
             progress.update(
                 task,
@@ -207,12 +210,13 @@ def train_and_evaluate(
                 saving_started = time.perf_counter()
                 loop["wall_time"] = np.asarray(elapsed, np.float64)
                 loop["side_time"] = np.asarray(side_time, np.float64)
+                compiled = metrics_lib.compile_seconds() - compile_started
+                loop["compile_time"] = np.asarray(compiled, np.float64)
                 checkpointer.save(chunk, loop)
                 side_time += time.perf_counter() - saving_started
     checkpointer.close()
     wall_time += time.perf_counter() - started
-    # Compilation in this process (a resumed run compiles again; earlier sessions' compile
-    # time stays in their side time only if it was spent evaluating).
+    # Compilation over all sessions of the run (a resumed run compiles again).
     compile_time = metrics_lib.compile_seconds() - compile_started
 
     history = [r for r in metrics_log.records() if "test_accuracy" in r]

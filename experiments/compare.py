@@ -1,162 +1,34 @@
-r"""Runs several methods on the same stream and tabulates what each saved against SGD.
+r"""Command line: several methods on the same stream, tabulated against SGD.
 
 The main job (README): LeNet on the offline Fashion-MNIST, EIF+EMP against SGD:
 
   python -m experiments.compare --workdir=runs/compare
 
-Every method trains from the same seed on the same stream of instances (same order, same
-initial weights), one after the other in this process, each in ``<workdir>/<variant>``
-(a re-run resumes or reuses finished runs). The table gives, per variant: test accuracy,
-the fraction of the stream trained on, the counted computation reduction (analytic
-MACs/BOPs, ``summary.json``'s ``compute`` block), the measured wall-clock reduction of
-training (1 - train time / SGD's train time; evaluation and checkpointing excluded),
-their ratio, images streamed per second and the process's peak resident memory during
-the variant. It is written to ``<workdir>/comparison.md`` and ``comparison.json``.
-
-Variants are the methods of ``--method`` plus named ablations of the filter:
-``eif_static`` (fixed T_l), ``eif_unweighted`` (unweighted filter loss),
-``eif_argmax`` (the paper's argmax decision instead of quantile control),
-``eif_argmax_static`` (argmax and a fixed T_l: the paper's static-threshold ablation) and
-``eif_no_uncertainty`` (no uncertainty sampling). Every other flag of
-``experiments.train`` applies to all variants (e.g. ``--epochs``, ``--bits``, ``--r_set``).
+See ``edgefilter.comparison`` for what the table holds and the variants there are.
+Every flag of ``experiments.train`` applies to all variants (``--epochs``, ``--bits``,
+``--r_set``, ...). The table is printed and written to ``<workdir>/comparison.md`` and
+``comparison.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import threading
-import time
-from typing import Any
 
 from absl import app, flags, logging
 
+from edgefilter import comparison
 from edgefilter import config as config_lib
 from edgefilter import data as data_lib
-from edgefilter import loop
 from experiments import train as train_cli
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "sgd": {"method": "sgd"},
-    "emp": {"method": "emp"},
-    "eif": {"method": "eif"},
-    "eif_emp": {"method": "eif_emp"},
-    "eif_static": {"method": "eif", "eif_static_threshold": True},
-    "eif_unweighted": {"method": "eif", "eif_weighted": False},
-    "eif_argmax": {"method": "eif", "eif_control": "argmax"},
-    "eif_argmax_static": {"method": "eif", "eif_control": "argmax", "eif_static_threshold": True},
-    "eif_no_uncertainty": {"method": "eif", "eif_uncertainty": False},
-}
-
-flags.DEFINE_list("variants", ["sgd", "eif_emp"], "Variants to run: " + ", ".join(VARIANTS))
+flags.DEFINE_list(
+    "variants", ["sgd", "eif_emp"], "Variants to run: " + ", ".join(comparison.VARIANTS)
+)
+flags.DEFINE_list(
+    "merge", None, "Instead of running: merge the comparison.json of these workdirs into one."
+)
 FLAGS = flags.FLAGS
-
-
-class PeakMemory:
-    """Samples this process's resident memory (Linux /proc) in a background thread."""
-
-    def __init__(self, interval_s: float = 0.05):
-        self.interval_s = interval_s
-        self.peak_bytes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def rss_bytes() -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self.rss_bytes())
-            time.sleep(self.interval_s)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def row(name: str, summary: dict[str, Any], peak_bytes: int) -> dict[str, Any]:
-    """One table row from a run's summary."""
-    compute = summary["compute"]
-    return {
-        "variant": name,
-        "test_accuracy": summary["test_accuracy"],
-        "trained_fraction": summary["instances_trained"] / summary["instances_streamed"],
-        "counted_reduction": compute["reduction"],
-        "unit": compute["unit"],
-        "train_time_s": summary["train_time_s"],
-        "images_per_s": summary["instances_streamed"] / summary["train_time_s"],
-        "peak_rss_mib": peak_bytes / 2**20,
-    }
-
-
-def compare(
-    base: config_lib.TrainConfig,
-    variants: list[str],
-    workdir: str,
-    dataset: data_lib.Dataset,
-    show_progress: bool | None = None,
-) -> list[dict[str, Any]]:
-    """Runs ``variants`` of ``base`` on ``dataset``; returns and writes the table."""
-    rows = []
-    for name in variants:
-        config = dataclasses.replace(base, **VARIANTS[name])
-        with PeakMemory() as memory:
-            summary = loop.train_and_evaluate(
-                config, os.path.join(workdir, name), dataset=dataset, show_progress=show_progress
-            )
-        rows.append(row(name, summary, memory.peak_bytes))
-    reference = next((r for r in rows if r["variant"] == "sgd"), None)
-    for r in rows:
-        measured = None
-        if reference is not None:
-            measured = 1.0 - r["train_time_s"] / reference["train_time_s"]
-        r["measured_reduction"] = measured
-        counted = r["counted_reduction"]
-        r["measured_over_counted"] = (
-            measured / counted if measured is not None and abs(counted) > 1e-9 else None
-        )
-    write_table(rows, base, workdir)
-    return rows
-
-
-def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def write_table(rows: list[dict[str, Any]], base: config_lib.TrainConfig, workdir: str) -> str:
-    """Writes comparison.md and comparison.json; returns the markdown."""
-    lines = [
-        f"{base.model} on {base.dataset}, bits {base.bits}, seed {base.seed}, same stream "
-        "for every variant.",
-        "",
-        "| variant | test acc | trained frac | counted red. | measured red. | measured/counted "
-        "| train time (s) | img/s | peak RSS (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['variant']} | {r['test_accuracy']:.4f} | {r['trained_fraction']:.3f} "
-            f"| {r['counted_reduction']:.3f} ({r['unit']}) "
-            f"| {_fmt(r['measured_reduction'], '.3f')} "
-            f"| {_fmt(r['measured_over_counted'], '.2f')} | {r['train_time_s']:.1f} "
-            f"| {r['images_per_s']:.0f} | {r['peak_rss_mib']:.0f} |"
-        )
-    markdown = "\n".join(lines) + "\n"
-    with open(os.path.join(workdir, "comparison.md"), "w") as f:
-        f.write(markdown)
-    with open(os.path.join(workdir, "comparison.json"), "w") as f:
-        json.dump({"config": dataclasses.asdict(base), "rows": rows}, f, indent=2)
-    return markdown
 
 
 def main(argv: list[str]) -> None:
@@ -166,18 +38,23 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     if not FLAGS.workdir:
         train_cli.fail("--workdir is required: the directory for the runs and the table")
-    unknown = [v for v in FLAGS.variants if v not in VARIANTS]
+    if FLAGS.merge:
+        print(comparison.merge(FLAGS.merge, FLAGS.workdir))
+        return
+    unknown = [v for v in FLAGS.variants if v not in comparison.VARIANTS]
     if unknown:
-        train_cli.fail(f"--variants: unknown {unknown!r}; choose from {', '.join(VARIANTS)}")
+        train_cli.fail(
+            f"--variants: unknown {unknown!r}; choose from {', '.join(comparison.VARIANTS)}"
+        )
     try:
         base = config_lib.resolve(train_cli.config_from_flags())
         for name in FLAGS.variants:
-            config_lib.validate(dataclasses.replace(base, **VARIANTS[name]))
+            config_lib.validate(dataclasses.replace(base, **comparison.VARIANTS[name]))
         dataset = data_lib.load(base.dataset, base.data_dir)
     except (ValueError, data_lib.DataUnavailableError) as e:
         train_cli.fail(str(e))
     os.makedirs(FLAGS.workdir, exist_ok=True)
-    compare(base, FLAGS.variants, FLAGS.workdir, dataset, show_progress=FLAGS.progress)
+    comparison.compare(base, FLAGS.variants, FLAGS.workdir, dataset, show_progress=FLAGS.progress)
     with open(os.path.join(FLAGS.workdir, "comparison.md")) as f:
         print(f.read())
 

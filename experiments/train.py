@@ -88,6 +88,11 @@ flags.DEFINE_integer(
     None,
     "EIF: uncertainty-sampled instances probed per main step (batch_size/8).",
 )
+flags.DEFINE_integer(
+    "eif_random_probes",
+    _DEFAULTS.eif_random_probes,
+    "EIF: random predicted-L instances sampled per chunk (set T_l under quantile control).",
+)
 flags.DEFINE_string(
     "eif_control",
     _DEFAULTS.eif_control,
