@@ -6,7 +6,8 @@ PAPER.md and :mod:`edgefilter.flops`), from what the run actually executed:
 * ``main_forward`` / ``main_backward``: the main network's training steps, counted for
   every slot of every executed batch (a zero-weight padding slot is computed, so it is
   counted); with EMP the backward of each conv layer is scaled by its kept fraction.
-* ``emp_selection``: EMP's channel scoring and top-k.
+* ``emp_selection``: EMP's channel scoring and top-k (counted at full precision
+  whatever ``--bits``: additions, not multiplies, and a conservative count).
 * ``filter_inference``: the filter's forward on every streamed chunk slot.
 * ``filter_training``: the filter's forward and backward on its training instances.
 * ``uncertainty_forward``: the main network's forward on the uncertainty-sampled

@@ -147,7 +147,10 @@ def validate(config: TrainConfig) -> None:
     }
     for name, value in positive.items():
         if value is not None and not (
-            isinstance(value, int | float) and value > 0 and math.isfinite(value)
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and value > 0
+            and math.isfinite(value)
         ):
             fail(name, value, "must be a positive number")
     if config.momentum is not None and not 0 <= config.momentum < 1:

@@ -10,8 +10,8 @@ For every arriving chunk of ``m`` instances (PAPER.md, "Early instance filter"):
    ``T_l`` under quantile control: see ``instance_filter``); each queue holds at most
    four probe batches, further sampled instances are skipped and counted;
 3. whenever the train queue holds a full batch of ``m`` instances, one jitted step
-   a. runs the main network forward on ``P`` sampled instances (no update), random
-      ones first, then uncertain ones: their losses give their labels;
+   a. runs the main network forward on ``P`` sampled instances (no update; up to half
+      of the slots random ones, the rest uncertain ones): their losses give their labels;
    b. trains the main network (forward and backward, with EMP in ``eif_emp``) on the
       ``m`` queued predicted-H instances; the forward's losses give their labels;
    c. updates the filter on those ``m + P`` labelled instances with the weighted loss
@@ -210,9 +210,15 @@ class EifRunner:
         loop = dict(loop)
         loop["train_queue"], chosen = loop["train_queue"].pop(count)
         idx, weights = stream_lib.stream_batch(chosen, self.batch)
-        # Probe slots: random samples first, then the most uncertain; the rest padding.
-        loop["random_queue"], random_idx = loop["random_queue"].pop(self.probes)
+        # Probe slots: up to half for random samples, then the most uncertain, then more
+        # random samples if slots remain; the rest is padding. Reserving half keeps either
+        # kind from starving the other when its queue is always full.
+        loop["random_queue"], random_idx = loop["random_queue"].pop(-(-self.probes // 2))
         loop["probe_queue"], unsure_idx = loop["probe_queue"].pop(self.probes - len(random_idx))
+        loop["random_queue"], more = loop["random_queue"].pop(
+            self.probes - len(random_idx) - len(unsure_idx)
+        )
+        random_idx = np.concatenate([random_idx, more])
         probe_idx = np.concatenate([random_idx, unsure_idx]).astype(np.int64)
         probe_mask = np.arange(self.probes) < len(probe_idx)
         probe_random = np.arange(self.probes) < len(random_idx)

@@ -75,6 +75,37 @@ def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+# Settings a resumed run may change: they do not alter what has been computed so far.
+_RESUMABLE_CHANGES = frozenset(
+    {"steps", "epochs", "checkpoint_every_steps", "log_every_steps", "eval_batch_size", "data_dir"}
+)
+
+
+def check_resumable(config: config_lib.TrainConfig, workdir: str) -> None:
+    """Raises ValueError if ``workdir`` holds a run whose settings differ from ``config``.
+
+    Only the length of the run and the logging/evaluation cadence may change on resume;
+    anything else would silently continue a different experiment.
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        previous = json.load(f)
+    current = json.loads(json.dumps(dataclasses.asdict(config)))
+    changed = sorted(
+        k
+        for k in set(previous) | set(current)
+        if k not in _RESUMABLE_CHANGES and previous.get(k) != current.get(k)
+    )
+    if changed:
+        diffs = ", ".join(f"--{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        raise ValueError(
+            f"--workdir={workdir!r} holds a run with other settings ({diffs}); "
+            "use a new --workdir or the same settings to resume it"
+        )
+
+
 def _stream_length(config: config_lib.TrainConfig, num_train: int) -> int:
     if config.steps is not None:
         return config.steps * config.batch_size
@@ -139,6 +170,7 @@ def train_and_evaluate(
         **runner.initial(),
     }
 
+    check_resumable(config, workdir)
     os.makedirs(workdir, exist_ok=True)
     _write_json_atomic(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
     checkpointer = checkpoint_lib.Checkpointer(workdir)

@@ -144,6 +144,7 @@ def main(argv: list[str]) -> None:
         fail("--workdir is required: the directory for checkpoints, metrics and summary.json")
     try:  # Everything that can be wrong with the input fails here, before any output.
         config = config_lib.resolve(config_from_flags())
+        loop.check_resumable(config, FLAGS.workdir)
         dataset = data_lib.load(config.dataset, config.data_dir)
     except (ValueError, data_lib.DataUnavailableError) as e:
         fail(str(e))

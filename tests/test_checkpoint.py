@@ -1,0 +1,93 @@
+"""Tests of edgefilter.checkpoint: round trips of loop-state pytrees through orbax."""
+
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from edgefilter import checkpoint as checkpoint_lib
+from edgefilter import models
+from edgefilter import stream as stream_lib
+from edgefilter import train as train_lib
+
+
+def _tree(seed):
+    state = train_lib.create_train_state(
+        models.create("lenet_slim", 10),
+        optax.sgd(0.1, momentum=0.9),
+        jax.random.key(seed),
+        (28, 28, 1),
+    )
+    queue, _ = stream_lib.Queue.empty(4).push(np.array([7, 3]))
+    return {
+        "state": state.replace(step=jnp.asarray(seed + 5, jnp.int32)),
+        "position": np.asarray(160 + seed, np.int64),
+        "wall_time": np.asarray(1.5 * seed, np.float64),
+        "queue": queue,
+    }
+
+
+def _template():
+    return _tree(100)
+
+
+def _assert_restored(restored, expected):
+    chex.assert_trees_all_equal(restored["state"].params, expected["state"].params)
+    chex.assert_trees_all_equal(restored["state"].opt_state, expected["state"].opt_state)
+    assert int(restored["state"].step) == int(expected["state"].step)
+    for key in ("position", "wall_time"):
+        assert restored[key] == expected[key] and restored[key].dtype == expected[key].dtype
+    np.testing.assert_array_equal(restored["queue"].items, expected["queue"].items)
+    assert len(restored["queue"]) == 2
+    # Host-side values come back as NumPy (the loop mutates queues with NumPy).
+    assert isinstance(restored["queue"].items, np.ndarray)
+
+
+def test_round_trip_keeps_values_dtypes_and_structure(tmp_path):
+    saved = _tree(1)
+    checkpointer = checkpoint_lib.Checkpointer(str(tmp_path))
+    assert checkpointer.latest_step() is None
+    checkpointer.save(3, saved)
+    assert checkpointer.latest_step() == 3
+    restored = checkpointer.restore(_template())
+    _assert_restored(restored, saved)
+    paths = lambda tree: [path for path, _ in jax.tree.leaves_with_path(tree)]  # noqa: E731
+    assert paths(restored) == paths(saved)
+    # A restored train state still trains: its apply_fn and optimizer are the template's.
+    assert restored["state"].apply_fn is not None and restored["state"].tx is not None
+    checkpointer.close()
+
+
+def test_latest_step_is_the_newest_and_old_ones_are_pruned(tmp_path):
+    checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=2)
+    for step in (5, 10, 15):
+        checkpointer.save(step, _tree(step))
+    checkpointer.save(15, _tree(99))  # A step saved twice keeps the first save.
+    assert checkpointer.latest_step() == 15
+    _assert_restored(checkpointer.restore(_template()), _tree(15))
+    checkpointer.close()
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "15"]
+    reopened = checkpoint_lib.Checkpointer(str(tmp_path))
+    assert reopened.latest_step() == 15
+    reopened.close()
+
+
+def test_a_leftover_temporary_directory_does_not_break_restore(tmp_path):
+    checkpointer = checkpoint_lib.Checkpointer(str(tmp_path))
+    checkpointer.save(4, _tree(4))
+    checkpointer.close()
+    # What a run killed while writing step 8 leaves behind: orbax's temporary directory.
+    leftover = tmp_path / "checkpoints" / "8.orbax-checkpoint-tmp"
+    (leftover / "default").mkdir(parents=True)
+    (leftover / "default" / "partial").write_bytes(b"\0" * 16)
+    reopened = checkpoint_lib.Checkpointer(str(tmp_path))
+    assert reopened.latest_step() == 4
+    _assert_restored(reopened.restore(_template()), _tree(4))
+    assert not leftover.exists()  # Removed when the manager is opened again.
+    reopened.save(8, _tree(8))  # The step can be written afresh.
+    assert reopened.latest_step() == 8
+    _assert_restored(reopened.restore(_template()), _tree(8))
+    reopened.close()

@@ -1,0 +1,195 @@
+"""Tests of edgefilter.config: the paper's defaults per dataset family, and validation."""
+
+import dataclasses
+
+import pytest
+
+from edgefilter import config as config_lib
+
+TrainConfig = config_lib.TrainConfig
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist", "idx:/some/folder"])
+def test_mnist_family_gets_the_papers_lenet_settings(dataset):
+    config = config_lib.resolve(TrainConfig(model="lenet", dataset=dataset, method="eif"))
+    assert config_lib.dataset_family(dataset) == "mnist"
+    assert (config.learning_rate, config.momentum, config.weight_decay) == (0.01, 0.5, 0.0)
+    assert config.batch_size == 64 and config.epochs == 20.0 and config.steps is None
+    assert config.lr_boundaries == ()
+    assert config.filter_model == "lenet_slim"
+    assert config.filter_lr_decay_steps == 940  # lr 0.1 -> 0.05 after 0.94k iterations.
+    assert config.eif_probe_size == 64 // 8
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_cifar_family_gets_the_papers_resnet_settings(dataset):
+    config = config_lib.resolve(TrainConfig(model="resnet110", dataset=dataset))
+    assert (config.learning_rate, config.momentum, config.weight_decay) == (0.1, 0.9, 1e-4)
+    assert config.batch_size == 128 and config.steps == 64_000 and config.epochs is None
+    assert config.lr_boundaries == (0.5, 0.75)  # 32k and 48k of 64k.
+    assert config.filter_model == "resnet8" and config.filter_lr_decay_steps == 0
+    assert config.eif_probe_size == 16
+
+
+def test_imagenet_family_gets_the_papers_resnet18_settings():
+    config = config_lib.resolve(TrainConfig(model="resnet18", dataset="imagenet2012"))
+    assert config_lib.dataset_family("imagenet2012") == "imagenet"
+    assert (config.learning_rate, config.momentum, config.weight_decay) == (0.1, 0.9, 1e-4)
+    assert config.batch_size == 256 and config.steps == 450_000
+    assert config.lr_boundaries == pytest.approx((1 / 3, 2 / 3))  # 150k and 300k of 450k.
+    assert config.filter_model == "resnet10" and config.eif_probe_size == 32
+
+
+def test_given_values_are_kept_and_only_none_is_filled():
+    given = TrainConfig(
+        dataset="cifar10",
+        model="resnet20",
+        learning_rate=0.05,
+        batch_size=32,
+        epochs=3.0,
+        filter_model="lenet_slim",
+        eif_probe_size=5,
+    )
+    config = config_lib.resolve(given)
+    assert config.learning_rate == 0.05 and config.batch_size == 32
+    assert config.epochs == 3.0 and config.steps is None  # --epochs replaces the 64k steps.
+    assert config.filter_model == "lenet_slim" and config.eif_probe_size == 5
+    assert config.momentum == 0.9
+    assert config_lib.resolve(config) == config  # Idempotent.
+    steps = config_lib.resolve(TrainConfig(dataset="mnist", steps=10))
+    assert steps.steps == 10 and steps.epochs is None
+
+
+@pytest.mark.parametrize("batch_size, probes", [(64, 8), (32, 4), (12, 1), (4, 1)])
+def test_probe_size_is_an_eighth_of_the_batch_and_at_least_one(batch_size, probes):
+    config = config_lib.resolve(TrainConfig(dataset="mnist", batch_size=batch_size))
+    assert config.eif_probe_size == probes
+
+
+def test_without_any_sampling_nothing_is_probed():
+    for probe_size in (None, 6):
+        config = config_lib.resolve(
+            TrainConfig(
+                dataset="mnist",
+                eif_uncertainty=False,
+                eif_random_probes=0,
+                eif_probe_size=probe_size,
+            )
+        )
+        assert config.eif_probe_size == 0
+
+
+def test_random_probes_alone_still_need_probe_slots():
+    config = config_lib.resolve(
+        TrainConfig(dataset="mnist", eif_uncertainty=False, eif_random_probes=1)
+    )
+    assert config.eif_probe_size == 64 // 8
+
+
+def test_filter_config_carries_the_eif_flags():
+    config = config_lib.resolve(
+        TrainConfig(
+            method="eif",
+            r_set=0.2,
+            alpha1=1.1,
+            alpha2=0.9,
+            eif_window=4,
+            entropy_threshold=0.3,
+            init_threshold=2.0,
+            eif_static_threshold=True,
+            eif_uncertainty=False,
+            eif_weighted=False,
+            eif_control="argmax",
+        )
+    )
+    assert config_lib.filter_config(config) == config_lib.FilterConfig(
+        r_set=0.2,
+        alpha1=1.1,
+        alpha2=0.9,
+        window=4,
+        entropy_threshold=0.3,
+        init_threshold=2.0,
+        static_threshold=True,
+        uncertainty=False,
+        weighted=False,
+        control="argmax",
+    )
+
+
+def test_uses_emp_and_uses_eif_follow_the_method():
+    flags = {
+        m: (TrainConfig(method=m).uses_emp, TrainConfig(method=m).uses_eif)
+        for m in config_lib.METHODS
+    }
+    assert flags == {
+        "sgd": (False, False),
+        "emp": (True, False),
+        "eif": (False, True),
+        "eif_emp": (True, True),
+    }
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(model="resnet9"), "--model='resnet9' is invalid: choose one of lenet, lenet_slim"),
+        (dict(dataset="svhn"), "--dataset='svhn' is invalid: choose one of mnist"),
+        (dict(method="ohem"), "--method='ohem' is invalid: choose one of sgd, emp, eif, eif_emp"),
+        (dict(bits=7), "--bits=7 is invalid: choose one of 32, 16, 8, 6, 4"),
+        (dict(epochs=1.0, steps=5), "--steps=5 is invalid: give --epochs or --steps, not both"),
+        (dict(epochs=0.0), "--epochs=0.0 is invalid: must be a positive number"),
+        (dict(epochs=float("inf")), "--epochs=inf is invalid: must be a positive number"),
+        (dict(steps=-3), "--steps=-3 is invalid: must be a positive number"),
+        (dict(batch_size=0), "--batch_size=0 is invalid: must be a positive number"),
+        (dict(learning_rate=-0.1), "--learning_rate=-0.1 is invalid: must be a positive number"),
+        (dict(eval_batch_size=0), "--eval_batch_size=0 is invalid: must be a positive number"),
+        (dict(checkpoint_every_steps=0), "--checkpoint_every_steps=0 is invalid"),
+        (dict(log_every_steps=0), "--log_every_steps=0 is invalid: must be a positive number"),
+        (dict(momentum=1.0), "--momentum=1.0 is invalid: must lie in [0, 1)"),
+        (dict(weight_decay=-1e-4), "--weight_decay=-0.0001 is invalid: must be >= 0"),
+        (dict(lr_boundaries=(0.5, 1.0)), "--lr_boundaries=(0.5, 1.0) is invalid: fractions"),
+        (
+            dict(emp_policy="random"),
+            "--emp_policy='random' is invalid: choose one of topk, threshold",
+        ),
+        (
+            dict(emp_keep=0.0),
+            "--emp_keep=0.0 is invalid: the kept fraction of channels must lie in (0, 1]",
+        ),
+        (dict(emp_keep=1.5), "--emp_keep=1.5 is invalid"),
+        (dict(emp_threshold=-1.0), "--emp_threshold=-1.0 is invalid: must be >= 0"),
+        (dict(gamma1=0.0, gamma2=0.0), "--gamma1=(0.0, 0.0) is invalid: gamma1 and gamma2 must"),
+        (dict(gamma1=-1.0), "--gamma1=(-1.0, 1.0) is invalid"),
+        (dict(filter_model="resnet9"), "--filter_model='resnet9' is invalid: choose one of"),
+        (dict(filter_learning_rate=0.0), "--filter_learning_rate=0.0 is invalid: must be > 0"),
+        (dict(eif_probe_size=-1), "--eif_probe_size=-1 is invalid: must be >= 0"),
+        (dict(eif_random_probes=-1), "--eif_random_probes=-1 is invalid: must be >= 0"),
+        (dict(method="eif", r_set=1.0), "--r_set=1.0 is invalid: must lie in (0, 1)"),
+        (dict(method="eif", alpha1=0.5), "--alpha1=0.5 is invalid: must be >= 1"),
+        (dict(method="eif_emp", alpha2=1.5), "--alpha2=1.5 is invalid: must lie in (0, 1]"),
+        (dict(method="eif", eif_window=0), "--eif_window=0 is invalid: must be a positive"),
+        (dict(method="eif", entropy_threshold=-1.0), "--entropy_threshold=-1.0 is invalid"),
+        (dict(method="eif", init_threshold=0.0), "--init_threshold=0.0 is invalid: must be > 0"),
+        (
+            dict(method="eif", eif_control="topk"),
+            "--eif_control='topk' is invalid: choose one of quantile, argmax",
+        ),
+    ],
+)
+def test_bad_values_are_rejected_with_one_clear_message(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        config_lib.resolve(TrainConfig(**kwargs))
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+def test_eif_flags_are_not_checked_when_the_filter_is_not_used():
+    config_lib.resolve(TrainConfig(method="sgd", r_set=1.0, eif_window=0))
+
+
+def test_every_field_has_a_default_so_an_empty_config_resolves():
+    config = config_lib.resolve(TrainConfig())
+    assert all(
+        getattr(config, f.name) is not None or f.name in ("steps", "data_dir")
+        for f in dataclasses.fields(config)
+    )

@@ -1,0 +1,52 @@
+"""Tests of edgefilter.metrics: the JSON-lines log and its truncation on resume."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+
+from edgefilter import metrics as metrics_lib
+
+
+def _lines(workdir):
+    with open(workdir / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_records_are_written_on_flush_in_order(tmp_path):
+    log = metrics_lib.MetricsLog(str(tmp_path))
+    assert log.records() == [] and log.flush() == {}
+    log.add(1, {"loss": jnp.asarray(2.5), "accuracy": np.float32(0.25)})
+    log.add(2, {"loss": jnp.asarray(1.5), "counts": jnp.asarray([1, 2])})
+    assert log.records() == []  # Nothing is written before a flush.
+    last = log.flush()
+    assert last == {"loss": 1.5, "counts": [1, 2]}
+    assert isinstance(last["loss"], float)
+    expected = [
+        {"step": 1, "loss": 2.5, "accuracy": 0.25},
+        {"step": 2, "loss": 1.5, "counts": [1, 2]},
+    ]
+    assert log.records() == expected == _lines(tmp_path)
+    assert log.flush() == {}  # The queue was emptied.
+    log.add(3, {"test_accuracy": 0.5})
+    assert log.flush() == {"test_accuracy": 0.5}
+    assert [r["step"] for r in log.records()] == [1, 2, 3]
+
+
+def test_resume_drops_the_records_after_the_checkpoint(tmp_path):
+    log = metrics_lib.MetricsLog(str(tmp_path))
+    for step in range(1, 11):
+        log.add(step, {"loss": float(step)})
+    log.flush()
+    resumed = metrics_lib.MetricsLog(str(tmp_path), resume_step=6)
+    assert [r["step"] for r in resumed.records()] == [1, 2, 3, 4, 5, 6]
+    resumed.add(7, {"loss": 70.0})
+    resumed.flush()
+    assert [r["loss"] for r in _lines(tmp_path)] == [1, 2, 3, 4, 5, 6, 70]
+
+
+def test_a_fresh_run_in_an_old_workdir_starts_an_empty_log(tmp_path):
+    log = metrics_lib.MetricsLog(str(tmp_path))
+    log.add(5, {"loss": 1.0})
+    log.flush()
+    assert metrics_lib.MetricsLog(str(tmp_path), resume_step=0).records() == []
