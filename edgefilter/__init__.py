@@ -29,6 +29,7 @@ from edgefilter import (
     loop,
     models,
     quant,
+    state,
     stream,
     train,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "loop",
     "models",
     "quant",
+    "state",
     "stream",
     "train",
 ]

@@ -53,18 +53,18 @@ class TrainConfig:
     gamma1: float = 0.0
     gamma2: float = 1.0
     # Early instance filter (PAPER.md Eq. 1-7; see edgefilter.instance_filter).
-    r_set: float = 0.3
-    alpha1: float = 1.05
-    alpha2: float = 0.95
-    eif_window: int = 10
-    entropy_threshold: float = 0.5
-    init_threshold: float = 1.0
+    r_set: float = FilterConfig.r_set
+    alpha1: float = FilterConfig.alpha1
+    alpha2: float = FilterConfig.alpha2
+    eif_window: int = FilterConfig.window
+    entropy_threshold: float = FilterConfig.entropy_threshold
+    init_threshold: float = FilterConfig.init_threshold
     filter_model: str | None = None  # lenet_slim / resnet8 / resnet10 by dataset.
     filter_learning_rate: float = 0.1
     filter_lr_decay_steps: int | None = None  # MNIST: 940 filter updates, then lr / 2.
     eif_probe_size: int | None = None  # Sampled instances per main step: batch_size // 8.
     eif_random_probes: int = 1  # Random predicted-L instances sampled per chunk.
-    eif_control: str = "quantile"
+    eif_control: str = FilterConfig.control
     eif_static_threshold: bool = False
     eif_uncertainty: bool = True
     eif_weighted: bool = True

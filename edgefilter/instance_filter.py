@@ -52,9 +52,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
-from flax.training import train_state
 
 from edgefilter import eif
+from edgefilter.state import TrainState, create_train_state
 
 CONTROLS = ("quantile", "argmax")
 
@@ -112,17 +112,13 @@ class FilterConfig:
                 raise ValueError(f"--{name}={value!r} is invalid: {allowed}")
 
 
-class FilterTrainState(train_state.TrainState):
-    batch_stats: Any = None
-
-
 class FilterState(struct.PyTreeNode):
     """Everything the filter carries between chunks (a pytree: checkpointable, jittable).
 
     Window counters accumulate over the current window of ``config.window`` chunks.
     """
 
-    net: FilterTrainState
+    net: TrainState
     threshold: jax.Array  # T_l (Eq. 1, 3).
     offset: jax.Array  # Last chunk's b: predicted H when logit_H - logit_L > b.
     streamed: jax.Array  # Instances streamed in the window (Eq. 2's m * n).
@@ -154,14 +150,7 @@ def init(
     config: FilterConfig,
 ) -> FilterState:
     """A fresh filter: network parameters, optimizer state, ``T_l`` and empty window."""
-    variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    net = FilterTrainState.create(
-        apply_fn=model.apply,
-        params=variables["params"],
-        tx=tx,
-        batch_stats=variables.get("batch_stats", {}),
-    )
-    net = jax.tree.map(jnp.asarray, net.replace(step=_zeros_i32()))
+    net = create_train_state(model, tx, key, image_shape)
     return FilterState(
         net=net,
         threshold=jnp.asarray(config.init_threshold, jnp.float32),
@@ -178,7 +167,7 @@ def init(
     )
 
 
-def _logits(net: FilterTrainState, params: Any, x: jax.Array, train: bool):
+def _logits(net: TrainState, params: Any, x: jax.Array, train: bool):
     variables = {"params": params, "batch_stats": net.batch_stats}
     if train:
         return net.apply_fn(variables, x, train=True, mutable=["batch_stats"])

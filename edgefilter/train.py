@@ -10,24 +10,32 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax.training import train_state
 
 from edgefilter import config as config_lib
 from edgefilter import data as data_lib
 from edgefilter import emp, models, quant
+from edgefilter.state import TrainState, create_train_state
 
-
-class TrainState(train_state.TrainState):
-    """Flax's TrainState plus batch-norm statistics (``{}`` for models without BN)."""
-
-    batch_stats: Any = None
+__all__ = [
+    "TrainState",
+    "build_model",
+    "create_train_state",
+    "emp_policy",
+    "evaluate",
+    "learning_rate_schedule",
+    "make_eval_step",
+    "make_optimizer",
+    "make_train_step",
+    "preprocess",
+    "train_step_body",
+    "weighted_cross_entropy",
+]
 
 
 def learning_rate_schedule(config: config_lib.TrainConfig, total_steps: int) -> optax.Schedule:
@@ -43,24 +51,6 @@ def make_optimizer(
     return optax.chain(
         optax.add_decayed_weights(config.weight_decay),
         optax.sgd(learning_rate_schedule(config, total_steps), momentum=config.momentum),
-    )
-
-
-def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, key: jax.Array, image_shape: tuple[int, ...]
-) -> TrainState:
-    """Initialises parameters (and batch statistics) for NHWC inputs of ``image_shape``."""
-    variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    state = TrainState.create(
-        apply_fn=model.apply,
-        params=variables["params"],
-        tx=tx,
-        batch_stats=variables.get("batch_stats", {}),
-    )
-    # A concrete int32 step (not a weakly typed Python 0) and strongly typed optimizer
-    # state, so the first train step does not compile a second time for step 2.
-    return jax.tree.map(
-        lambda x: jnp.asarray(x, jnp.asarray(x).dtype), state.replace(step=jnp.zeros((), jnp.int32))
     )
 
 
