@@ -224,7 +224,6 @@ class EifRunner:
         probe_random = np.arange(self.probes) < len(random_idx)
         probe_idx = np.concatenate([probe_idx, idx[: self.probes - len(probe_idx)]])
         main = loop["state"]
-        key = jax.random.fold_in(self.root, int(main.step))
         data = self.dataset
         main, fstate, metrics = self.step(
             main,
@@ -236,7 +235,7 @@ class EifRunner:
             data.train_labels[probe_idx],
             probe_mask,
             probe_random,
-            key,
+            self.root,
         )
         loop.update(
             state=main, filter=fstate, trained=np.asarray(loop["trained"] + count, np.int64)

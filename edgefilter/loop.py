@@ -50,13 +50,12 @@ class SgdRunner:
     ) -> tuple[dict[str, Any], list[tuple[str, dict]]]:
         del chunk
         state = loop["state"]
-        key = jax.random.fold_in(self.root, int(state.step))
         state, metrics, _ = self.step(
             state,
             self.dataset.train_images[indices],
             self.dataset.train_labels[indices],
             weights,
-            key,
+            self.root,
         )
         trained = np.asarray(loop["trained"] + int(weights.sum()), np.int64)
         return dict(loop, state=state, trained=trained), [("train", metrics)]

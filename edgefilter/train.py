@@ -88,10 +88,12 @@ def train_step_body(
 
     Normalises (and augments) the uint8 batch, runs the forward and backward pass of
     ``state.apply_fn`` (whose conv layers may be EMP's pruned ones), and applies the
-    optimizer. Returns the new state, scalar metrics and the per-instance losses, which
-    the instance filter labels high or low (Eq. 1).
+    optimizer. ``key`` is the run's key: the step uses ``fold_in(key, state.step)``.
+    Returns the new state, scalar metrics and the per-instance losses, which the
+    instance filter labels high or low (Eq. 1).
     """
-    aug_key, dropout_key = jax.random.split(key)
+    # The step's randomness, from the run's key and the step number: no host round trip.
+    aug_key, dropout_key = jax.random.split(jax.random.fold_in(key, state.step))
     x = preprocess(images, info, aug_key)
 
     def loss_fn(params):
