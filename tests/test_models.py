@@ -1,6 +1,7 @@
 """Tests of edgefilter.models: architectures, parameter counts and pluggable primitives."""
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
@@ -138,3 +139,14 @@ def test_unknown_model_and_bad_num_classes_are_rejected():
         models.create("resnet9", 10)
     with pytest.raises(ValueError, match="num_classes"):
         models.create("lenet", 0)
+
+
+@pytest.mark.parametrize("shape", [(2, 24, 24, 3), (3, 7, 9, 2)])
+def test_max_pool_2x2_matches_flax_max_pool_and_its_gradient(shape):
+    from edgefilter.models.layers import max_pool_2x2
+
+    x = jax.random.normal(jax.random.key(0), shape)  # Continuous: no ties.
+    reference = lambda x: jax.numpy.sum(nn.max_pool(x, (2, 2), strides=(2, 2)) ** 2)  # noqa: E731
+    ours = lambda x: jax.numpy.sum(max_pool_2x2(x) ** 2)  # noqa: E731
+    chex.assert_trees_all_close(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+    chex.assert_trees_all_close(jax.grad(ours)(x), jax.grad(reference)(x))

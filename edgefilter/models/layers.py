@@ -87,3 +87,19 @@ def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
     return nn.BatchNorm(
         use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=jnp.float32, name=name
     )
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max pooling with stride 2 (VALID), as the max of four strided slices.
+
+    The same values as ``nn.max_pool(x, (2, 2), strides=(2, 2))``, but its gradient is a
+    few elementwise selects instead of XLA's select-and-scatter, which on CPU took 4.6 ms
+    against 0.8 ms for LeNet's first pooling (batch 64), a fifth of the whole train
+    step. Where two inputs of a window tie for the maximum the gradient is split between
+    them (after a ReLU those are zeros, whose gradient the ReLU zeroes anyway).
+    """
+    h, w = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
+    x = x[:, :h, :w]
+    top = jnp.maximum(x[:, 0::2, 0::2], x[:, 0::2, 1::2])
+    bottom = jnp.maximum(x[:, 1::2, 0::2], x[:, 1::2, 1::2])
+    return jnp.maximum(top, bottom)

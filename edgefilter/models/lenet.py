@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from edgefilter.models.layers import Ops, torch_default
+from edgefilter.models.layers import Ops, max_pool_2x2, torch_default
 
 
 class LeNet(nn.Module):
@@ -31,7 +31,7 @@ class LeNet(nn.Module):
             x = self.ops.conv(
                 features, self.kernel, padding="VALID", use_bias=True, kernel_init=torch_default
             )(x)
-            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+            x = max_pool_2x2(nn.relu(x))
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(self.ops.dense(self.hidden, kernel_init=torch_default)(x))
         return self.ops.dense(self.num_classes, kernel_init=torch_default)(x)

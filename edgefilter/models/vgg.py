@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from edgefilter.models.layers import Ops, batch_norm
+from edgefilter.models.layers import Ops, batch_norm, max_pool_2x2
 
 # Conv widths; "M" is a 2x2 max pooling.
 CONFIGS = {
@@ -53,7 +53,7 @@ class VGG(nn.Module):
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         for width in self.config:
             if width == "M":
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool_2x2(x)
             else:
                 x = nn.relu(batch_norm(train)(self.ops.conv(width, 3)(x)))
         if self.head == "cifar":
