@@ -373,6 +373,11 @@ quantize_cotangent.defvjp(_quantize_cotangent_fwd, _quantize_cotangent_bwd)
 # ----------------------------------------------------------------------------------------
 
 
+def _quantize_operands(lhs: jax.Array, rhs: jax.Array, bits: int) -> tuple[jax.Array, jax.Array]:
+    """The forward of every quantized layer: both operands through ``fake_quantize_ste``."""
+    return fake_quantize_ste(jnp.asarray(lhs), bits), fake_quantize_ste(jnp.asarray(rhs), bits)
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantizedConv:
     """Drop-in :func:`jax.lax.conv_general_dilated` with ``bits``-bit training.
@@ -394,8 +399,7 @@ class QuantizedConv:
 
     def __call__(self, lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
         """Same arguments as :func:`jax.lax.conv_general_dilated` (forwarded as given)."""
-        lhs = fake_quantize_ste(jnp.asarray(lhs), self.bits)
-        rhs = fake_quantize_ste(jnp.asarray(rhs), self.bits)
+        lhs, rhs = _quantize_operands(lhs, rhs, self.bits)
         if self.policy is None:
             out = lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
             return quantize_cotangent(self.error_quantizer, out)
@@ -424,8 +428,7 @@ class QuantizedDot:
 
     def __call__(self, lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
         """Same arguments as :func:`jax.lax.dot_general` (forwarded as given)."""
-        lhs = fake_quantize_ste(jnp.asarray(lhs), self.bits)
-        rhs = fake_quantize_ste(jnp.asarray(rhs), self.bits)
+        lhs, rhs = _quantize_operands(lhs, rhs, self.bits)
         out = lax.dot_general(lhs, rhs, *args, **kwargs)
         return quantize_cotangent(self.error_quantizer, out)
 
