@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from edgefilter import compile as compile_lib
 from edgefilter import config as config_lib
 from edgefilter import data as data_lib
 from edgefilter import emp, flops
@@ -59,7 +60,7 @@ def make_variant(name: str, keep: float | None):
     images = rng.integers(0, 256, (batch, *info.image_shape), dtype=np.uint8)
     labels = rng.integers(0, info.num_classes, batch).astype(np.int32)
     weights = np.ones(batch, np.float32)
-    step = jax.jit(lambda s, x, y, w, k: train_lib.train_step_body(s, x, y, w, k, info))
+    step = compile_lib.jit(lambda s, x, y, w, k: train_lib.train_step_body(s, x, y, w, k, info))
     args = (images, labels, weights, jax.random.key(1))
     compiled = step.lower(state, *args).compile()
     shape = info.image_shape

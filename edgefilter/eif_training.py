@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from edgefilter import compile as compile_lib
 from edgefilter import config as config_lib
 from edgefilter import data as data_lib
 from edgefilter import instance_filter
@@ -59,7 +60,7 @@ def filter_optimizer(config: config_lib.TrainConfig) -> optax.GradientTransforma
 def make_predict_step(info: data_lib.DatasetInfo, fconfig: instance_filter.FilterConfig):
     """Jitted ``predict(filter_state, images_uint8, valid) -> (filter_state, Prediction)``."""
 
-    @functools.partial(jax.jit, donate_argnums=0)
+    @functools.partial(compile_lib.jit, donate_argnums=0)
     def predict(fstate, images, valid):
         return instance_filter.predict(
             fstate, train_lib.preprocess(images, info, None), valid, fconfig
@@ -71,7 +72,7 @@ def make_predict_step(info: data_lib.DatasetInfo, fconfig: instance_filter.Filte
 def make_eif_step(info: data_lib.DatasetInfo, fconfig: instance_filter.FilterConfig, probes: int):
     """Jitted step 3 of the module doc: probe forward, main update, filter update."""
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    @functools.partial(compile_lib.jit, donate_argnums=(0, 1))
     def eif_step(
         main,
         fstate,
@@ -146,7 +147,7 @@ class EifRunner:
         self.root = root
         self.predict = make_predict_step(info, self.fconfig)
         self.step = make_eif_step(info, self.fconfig, self.probes)
-        self.end_window = jax.jit(
+        self.end_window = compile_lib.jit(
             functools.partial(instance_filter.end_window, config=self.fconfig), donate_argnums=0
         )
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from edgefilter import compile as compile_lib
 from edgefilter import config as config_lib
 from edgefilter import data as data_lib
 from edgefilter import emp, models, quant
@@ -124,13 +125,13 @@ def make_train_step(info: data_lib.DatasetInfo) -> Callable:
 
     See :func:`train_step_body`; the state's buffers are donated.
     """
-    return jax.jit(functools.partial(train_step_body, info=info), donate_argnums=0)
+    return compile_lib.jit(functools.partial(train_step_body, info=info), donate_argnums=0)
 
 
 def make_eval_step(info: data_lib.DatasetInfo) -> Callable:
     """Returns the jitted ``eval_step(state, images, labels, valid) -> (correct, loss sum)``."""
 
-    @jax.jit
+    @compile_lib.jit
     def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, valid: jax.Array):
         logits = state.apply_fn(
             {"params": state.params, "batch_stats": state.batch_stats},

@@ -1,0 +1,58 @@
+"""Tests of edgefilter.compile: the options, and that the compiled step uses them."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from edgefilter import compile as compile_lib
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv(x: jax.Array, w: jax.Array) -> jax.Array:
+    return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=DN)
+
+
+def test_cpu_gets_the_ynn_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert compile_lib.compiler_options("cpu") == {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def test_other_backends_get_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert compile_lib.compiler_options("gpu") == {}
+    assert compile_lib.compiler_options("tpu") == {}
+
+
+def test_a_users_xla_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
+    assert compile_lib.compiler_options("cpu") == {}
+
+
+def test_options_are_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    compile_lib.compiler_options("cpu")["xla_cpu_experimental_ynn_fusion_type"] = "x"
+    assert compile_lib.CPU_OPTIONS["xla_cpu_experimental_ynn_fusion_type"] == ""
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU option")
+def test_compiled_conv_has_no_ynn_fusion_and_same_values() -> None:
+    # LeNet's conv2 shape, which XLA:CPU would otherwise emit as a YNNPACK fusion.
+    x = jax.random.normal(jax.random.key(0), (64, 12, 12, 20))
+    w = jax.random.normal(jax.random.key(1), (5, 5, 20, 50))
+    ours = compile_lib.jit(_conv)
+    assert "__ynn_fusion" not in ours.lower(x, w).compile().as_text()
+    np.testing.assert_allclose(ours(x, w), jax.jit(_conv)(x, w), rtol=1e-4, atol=1e-3)
+
+
+def test_jit_passes_its_arguments_through() -> None:
+    double = compile_lib.jit(lambda x, n: x * n, static_argnums=1, donate_argnums=0)
+    assert double(jnp.ones(3), 2).tolist() == [2.0, 2.0, 2.0]
+    explicit = compile_lib.jit(
+        lambda x: x + 1, compiler_options={"xla_cpu_enable_fast_math": False}
+    )
+    assert explicit(jnp.zeros(2)).tolist() == [1.0, 1.0]
