@@ -65,6 +65,7 @@ class TrainConfig:
     eif_probe_size: int | None = None  # Sampled instances per main step: batch_size // 8.
     eif_random_probes: int = 1  # Random predicted-L instances sampled per chunk.
     eif_control: str = FilterConfig.control
+    eif_label_rate: float | None = FilterConfig.label_rate
     eif_static_threshold: bool = False
     eif_uncertainty: bool = True
     eif_weighted: bool = True
@@ -204,6 +205,7 @@ def filter_config(config: TrainConfig) -> FilterConfig:
         uncertainty=config.eif_uncertainty,
         weighted=config.eif_weighted,
         control=config.eif_control,
+        label_rate=config.eif_label_rate,
     )
 
 

@@ -40,6 +40,11 @@ predicted-L fraction times the H rate of *randomly* sampled predicted-L instance
 (``update``'s ``random`` mask; a few per chunk, labelled by a main-network forward like
 the uncertainty-sampled ones, and added to the filter's training set). Under ``argmax``
 control Eq. 3 is applied to ``R_TH`` exactly as the paper states.
+
+Under quantile control the fraction labelled H (``label_rate``) no longer has to equal
+the fraction kept (``R_set``): with ``label_rate < R_set`` the filter learns to rank
+the hardest instances of the stream while still keeping ``R_set`` of every chunk.
+``None`` (the default) sets it to ``R_set``.
 """
 
 from __future__ import annotations
@@ -74,6 +79,8 @@ class FilterConfig:
       uncertainty: ``False`` is the ablation without uncertainty sampling (Eq. 4-5).
       weighted: ``False`` is the ablation with an unweighted filter loss (Eq. 6-7).
       control: ``"quantile"`` or ``"argmax"`` decision rule (see the module doc).
+      label_rate: under quantile control, the fraction of the stream ``T_l`` aims to
+        label H (Eq. 3's target; see the module doc); ``None`` means ``r_set``.
     """
 
     r_set: float = 0.3
@@ -86,6 +93,14 @@ class FilterConfig:
     uncertainty: bool = True
     weighted: bool = True
     control: str = "quantile"
+    label_rate: float | None = None
+
+    @property
+    def threshold_target(self) -> float:
+        """The rate Eq. 3 compares with: ``label_rate`` under quantile control, else ``r_set``."""
+        if self.control == "quantile" and self.label_rate is not None:
+            return self.label_rate
+        return self.r_set
 
     def __post_init__(self) -> None:
         checks = [
@@ -100,6 +115,12 @@ class FilterConfig:
                 "must be >= 0 (nats)",
             ),
             ("init_threshold", self.init_threshold, self.init_threshold > 0, "must be > 0"),
+            (
+                "label_rate",
+                self.label_rate,
+                self.label_rate is None or 0 < self.label_rate < 1,
+                "must lie in (0, 1) or be None (= r_set)",
+            ),
             (
                 "control",
                 self.control,
@@ -269,8 +290,9 @@ def update(
 def end_window(state: FilterState, config: FilterConfig) -> tuple[FilterState, dict]:
     """Closes a window of ``n`` chunks: Eq. 2 for ``R_TH``, Eq. 3 for ``T_l``.
 
-    Under quantile control the rule compares ``R_set`` with the estimated fraction of the
-    stream labelled H (``high_rate_estimate``) instead of ``R_TH`` (see the module doc).
+    Under quantile control the rule compares ``config.threshold_target`` (``label_rate``,
+    or ``R_set``) with the estimated fraction of the stream labelled H
+    (``high_rate_estimate``) instead of ``R_TH`` (see the module doc).
     Resets the window's counters. Returns the window's metrics: ``r_th``, ``threshold``
     (the new ``T_l``), ``predicted_high_fraction``, ``wrong_prediction_ratio`` (over
     instances whose label is known), ``sampled_fraction``, ``main_loss``, ``offset``,
@@ -288,7 +310,7 @@ def end_window(state: FilterState, config: FilterConfig) -> tuple[FilterState, d
     threshold = state.threshold
     if not config.static_threshold:
         threshold = eif.update_threshold(
-            threshold, controlled, config.r_set, config.alpha1, config.alpha2
+            threshold, controlled, config.threshold_target, config.alpha1, config.alpha2
         )
     metrics = {
         "r_th": r_th,

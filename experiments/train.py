@@ -98,6 +98,11 @@ flags.DEFINE_string(
     _DEFAULTS.eif_control,
     "EIF: 'quantile' (holds the kept ratio) or 'argmax' (the paper's rule).",
 )
+flags.DEFINE_float(
+    "eif_label_rate",
+    None,
+    "EIF, quantile control: fraction of the stream T_l aims to label H (default: r_set).",
+)
 flags.DEFINE_bool("eif_static_threshold", False, "EIF ablation: keep T_l fixed.")
 flags.DEFINE_bool("eif_uncertainty", True, "EIF: uncertainty sampling (False: ablation).")
 flags.DEFINE_bool("eif_weighted", True, "EIF: weighted filter loss (False: ablation).")

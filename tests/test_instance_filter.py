@@ -341,6 +341,36 @@ def test_quantile_control_adapts_t_l_to_the_estimated_high_fraction(random_high,
     assert int(new.random_known) == 0 and int(new.random_high) == 0
 
 
+@pytest.mark.parametrize(
+    "label_rate, control, factor",
+    [
+        # Estimated H fraction 0.2 + 14/20 * 0/5 = 0.2 (see above).
+        (0.15, "quantile", 1.25),  # 0.2 >= 0.15: T_l rises.
+        (0.25, "quantile", 0.8),  # 0.2 < 0.25: T_l falls.
+        (None, "quantile", 0.8),  # None means r_set = 0.3.
+        (0.15, "argmax", 0.8),  # Ignored under argmax: R_TH = 0.2 < R_set.
+    ],
+)
+def test_label_rate_is_the_threshold_target_under_quantile_control(label_rate, control, factor):
+    config = instance_filter.FilterConfig(
+        r_set=0.3, alpha1=1.25, alpha2=0.8, control=control, label_rate=label_rate
+    )
+    assert config.threshold_target == (
+        label_rate if control == "quantile" and label_rate is not None else 0.3
+    )
+    state = _window_state(config, 4).replace(
+        predicted_high=jnp.asarray(6, jnp.int32), random_known=jnp.asarray(5, jnp.int32)
+    )
+    new, _ = instance_filter.end_window(state, config)
+    np.testing.assert_allclose(new.threshold, 2.0 * factor, rtol=1e-6)
+
+
+@pytest.mark.parametrize("label_rate", [0.0, 1.0, -0.1, 1.5])
+def test_label_rate_outside_the_unit_interval_is_refused(label_rate):
+    with pytest.raises(ValueError, match=f"--label_rate={label_rate!r}"):
+        instance_filter.FilterConfig(label_rate=label_rate)
+
+
 def test_static_threshold_keeps_t_l():
     config = instance_filter.FilterConfig(r_set=0.3, alpha1=1.25, alpha2=0.8, static_threshold=True)
     for true_high in (2, 12):
