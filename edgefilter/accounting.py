@@ -55,7 +55,8 @@ def run_compute(
         "emp_selection": selection,
     }
     if config.uses_eif:
-        filt = flops.per_instance(config.filter_model, shape, 2)
+        outputs = 2 * classes if config.eif_class_conditional else 2
+        filt = flops.per_instance(config.filter_model, shape, outputs)
         probes = config.eif_probe_size
         breakdown["filter_inference"] = int(loop["chunk"]) * m * filt["forward"] * scale
         filter_steps = int(loop["filter"].net.step)

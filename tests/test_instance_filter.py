@@ -395,3 +395,50 @@ def test_end_window_is_jittable_and_compiles_once():
     for _ in range(3):
         state, _ = step(state)
     assert step._cache_size() == 1
+
+
+# --- class-conditional filter --------------------------------------------------------------
+
+CLASSES = 3
+CC_MODEL = models.create("lenet_slim", 2 * CLASSES)
+
+
+def _cc_state(config):
+    return instance_filter.init(CC_MODEL, optax.sgd(0.1), jax.random.key(3), SHAPE, config)
+
+
+def test_class_conditional_filter_decides_by_the_pair_of_each_instances_class():
+    config = instance_filter.FilterConfig(r_set=0.25, class_conditional=True)
+    state = _cc_state(config)
+    x, labels = _chunk(5), jnp.arange(M) % CLASSES
+    _, pred = instance_filter.predict(state, x, jnp.ones(M, bool), config, labels)
+    out = np.asarray(CC_MODEL.apply({"params": state.net.params}, x, train=False), np.float64)
+    rows = np.arange(M)
+    pair = np.stack([out[rows, 2 * labels], out[rows, 2 * labels + 1]], -1)
+    margin = pair[:, 1] - pair[:, 0]
+    np.testing.assert_array_equal(pred.pred_high, margin > np.quantile(margin, 0.75))
+    np.testing.assert_allclose(pred.entropy, _np_entropy(pair), rtol=1e-5, atol=1e-6)
+
+
+def test_class_conditional_update_trains_only_the_pairs_of_the_given_classes():
+    config = instance_filter.FilterConfig(class_conditional=True)
+    state = _cc_state(config)
+    x, labels = _chunk(6), jnp.zeros(M, jnp.int32)  # Every instance is of class 0.
+    losses = jnp.linspace(0.0, 2.0, M)
+    new, _ = instance_filter.update(
+        state, x, losses, jnp.zeros(M, bool), jnp.ones(M, bool), config, None, labels
+    )
+    bias = np.asarray(new.net.params["Dense_1"]["bias"] - state.net.params["Dense_1"]["bias"])
+    assert np.all(bias[:2] != 0) and np.all(bias[2:] == 0)
+
+
+def test_labels_must_match_the_filter_kind():
+    plain = instance_filter.FilterConfig()
+    cc = instance_filter.FilterConfig(class_conditional=True)
+    x, valid, labels = _chunk(7), jnp.ones(M, bool), jnp.zeros(M, jnp.int32)
+    with pytest.raises(ValueError, match="needs the instances' labels"):
+        instance_filter.predict(_cc_state(cc), x, valid, cc)
+    with pytest.raises(ValueError, match="not class_conditional"):
+        instance_filter.predict(_state(plain), x, valid, plain, labels)
+    with pytest.raises(ValueError, match="needs 2 outputs, got 6"):
+        instance_filter.predict(_cc_state(plain), x, valid, plain)
