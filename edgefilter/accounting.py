@@ -55,8 +55,7 @@ def run_compute(
         "emp_selection": selection,
     }
     if config.uses_eif:
-        outputs = 2 * classes if config.eif_class_conditional else 2
-        filt = flops.per_instance(config.filter_model, shape, outputs)
+        filt = flops.per_instance(config.filter_model, shape, 2)
         probes = config.eif_probe_size
         breakdown["filter_inference"] = int(loop["chunk"]) * m * filt["forward"] * scale
         filter_steps = int(loop["filter"].net.step)

@@ -66,7 +66,6 @@ class TrainConfig:
     eif_random_probes: int = 1  # Random predicted-L instances sampled per chunk.
     eif_control: str = FilterConfig.control
     eif_label_rate: float | None = FilterConfig.label_rate
-    eif_class_conditional: bool = FilterConfig.class_conditional
     eif_static_threshold: bool = False
     eif_uncertainty: bool = True
     eif_weighted: bool = True
@@ -207,7 +206,6 @@ def filter_config(config: TrainConfig) -> FilterConfig:
         weighted=config.eif_weighted,
         control=config.eif_control,
         label_rate=config.eif_label_rate,
-        class_conditional=config.eif_class_conditional,
     )
 
 

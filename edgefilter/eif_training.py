@@ -61,10 +61,9 @@ def make_predict_step(info: data_lib.DatasetInfo, fconfig: instance_filter.Filte
     """Jitted ``predict(filter_state, images_uint8, valid) -> (filter_state, Prediction)``."""
 
     @functools.partial(compile_lib.jit, donate_argnums=0)
-    def predict(fstate, images, labels, valid):
-        labels = labels if fconfig.class_conditional else None
+    def predict(fstate, images, valid):
         return instance_filter.predict(
-            fstate, train_lib.preprocess(images, info, None), valid, fconfig, labels
+            fstate, train_lib.preprocess(images, info, None), valid, fconfig
         )
 
     return predict
@@ -87,7 +86,7 @@ def make_eif_step(info: data_lib.DatasetInfo, fconfig: instance_filter.FilterCon
         key,
     ):
         x = train_lib.preprocess(images, info, None)
-        xs, losses_known, classes = [x], [], [labels]
+        xs, losses_known = [x], []
         pred_high, mask = [jnp.ones(len(labels), bool)], [weights > 0]
         random = [jnp.zeros(len(labels), bool)]
         if probes:  # Labels of sampled instances, from the pre-update network.
@@ -101,7 +100,6 @@ def make_eif_step(info: data_lib.DatasetInfo, fconfig: instance_filter.FilterCon
                 )
             )
             xs.append(xp)
-            classes.append(probe_labels)
             pred_high.append(jnp.zeros(probes, bool))
             mask.append(probe_mask)
             random.append(probe_random)
@@ -116,7 +114,6 @@ def make_eif_step(info: data_lib.DatasetInfo, fconfig: instance_filter.FilterCon
             jnp.concatenate(mask),
             fconfig,
             jnp.concatenate(random),
-            jnp.concatenate(classes) if fconfig.class_conditional else None,
         )
         return main, fstate, {**metrics, **filter_metrics}
 
@@ -176,8 +173,7 @@ class EifRunner:
     ) -> tuple[dict[str, Any], list[tuple[str, dict]]]:
         """Steps 1-4 of the module doc for one chunk; returns loop state and records."""
         images = self.dataset.train_images[indices]
-        labels = self.dataset.train_labels[indices]
-        fstate, pred = self.predict(loop["filter"], images, labels, weights > 0)
+        fstate, pred = self.predict(loop["filter"], images, weights > 0)
         fetched = jax.device_get((pred.pred_high, pred.uncertain, pred.entropy))
         pred_high, uncertain, entropy = (np.array(a) for a in fetched)  # Writable copies.
         loop = dict(loop, filter=fstate)

@@ -45,13 +45,6 @@ Under quantile control the fraction labelled H (``label_rate``) no longer has to
 the fraction kept (``R_set``): with ``label_rate < R_set`` the filter learns to rank
 the hardest instances of the stream while still keeping ``R_set`` of every chunk.
 ``None`` (the default) sets it to ``R_set``.
-
-**A class-conditional filter** (``class_conditional=True``, beyond the paper). The
-stream is labelled, and how hard an instance is depends much on its class (on
-Fashion-MNIST a shirt is hard, a trouser easy), which the paper's filter must guess
-from the image. Given the label, the filter outputs an (L, H) logit pair per class and
-uses the pair of the instance's class; everything else (Eq. 1-7, the control) is
-unchanged. It costs the filter's last layer ``2 * num_classes`` outputs instead of 2.
 """
 
 from __future__ import annotations
@@ -88,9 +81,6 @@ class FilterConfig:
       control: ``"quantile"`` or ``"argmax"`` decision rule (see the module doc).
       label_rate: under quantile control, the fraction of the stream ``T_l`` aims to
         label H (Eq. 3's target; see the module doc); ``None`` means ``r_set``.
-      class_conditional: the filter also sees each instance's class label (see the
-        module doc): its network has ``2 * num_classes`` outputs, an (L, H) pair per
-        class, and ``predict``/``update`` take the labels.
     """
 
     r_set: float = 0.3
@@ -104,7 +94,6 @@ class FilterConfig:
     weighted: bool = True
     control: str = "quantile"
     label_rate: float | None = None
-    class_conditional: bool = False
 
     @property
     def threshold_target(self) -> float:
@@ -199,36 +188,15 @@ def init(
     )
 
 
-def _logits(
-    net: TrainState, params: Any, x: jax.Array, train: bool, labels: jax.Array | None
-) -> tuple[jax.Array, Any]:
-    """The filter's (L, H) logits ``[k, 2]``: of the instance's class if ``labels``."""
+def _logits(net: TrainState, params: Any, x: jax.Array, train: bool):
     variables = {"params": params, "batch_stats": net.batch_stats}
     if train:
-        logits, updates = net.apply_fn(variables, x, train=True, mutable=["batch_stats"])
-    else:
-        logits, updates = net.apply_fn(variables, x, train=False), {}
-    if labels is None:
-        if logits.shape[-1] != 2:
-            raise ValueError(f"a filter without labels needs 2 outputs, got {logits.shape[-1]}")
-        return logits, updates
-    pairs = logits.reshape(*logits.shape[:-1], -1, 2)
-    return jnp.take_along_axis(pairs, labels[:, None, None], axis=-2)[:, 0], updates
-
-
-def _check_labels(config: FilterConfig, labels: jax.Array | None) -> None:
-    if config.class_conditional and labels is None:
-        raise ValueError("a class_conditional filter needs the instances' labels")
-    if not config.class_conditional and labels is not None:
-        raise ValueError("labels given to a filter that is not class_conditional")
+        return net.apply_fn(variables, x, train=True, mutable=["batch_stats"])
+    return net.apply_fn(variables, x, train=False), {}
 
 
 def predict(
-    state: FilterState,
-    x: jax.Array,
-    valid: jax.Array,
-    config: FilterConfig,
-    labels: jax.Array | None = None,
+    state: FilterState, x: jax.Array, valid: jax.Array, config: FilterConfig
 ) -> tuple[FilterState, Prediction]:
     """Filter forward on a chunk: decisions, uncertainty sampling, window bookkeeping.
 
@@ -240,13 +208,11 @@ def predict(
       x: normalised chunk ``[m, H, W, C]``.
       valid: ``[m]`` bool, False for the padding of a run's last, partial chunk.
       config: filter hyper-parameters.
-      labels: ``[m]`` class labels, for a ``class_conditional`` filter only.
 
     Returns:
       The state with the chunk's counts added, and the chunk's prediction.
     """
-    _check_labels(config, labels)
-    logits, _ = _logits(state.net, state.net.params, x, False, labels)
+    logits, _ = _logits(state.net, state.net.params, x, train=False)
     logits = logits.astype(jnp.float32)
     margin = logits[:, 1] - logits[:, 0]
     if config.control == "quantile":
@@ -275,7 +241,6 @@ def update(
     mask: jax.Array,
     config: FilterConfig,
     random: jax.Array | None = None,
-    labels: jax.Array | None = None,
 ) -> tuple[FilterState, dict[str, jax.Array]]:
     """One filter training step on instances whose main-network loss is known.
 
@@ -291,15 +256,13 @@ def update(
       config: filter hyper-parameters.
       random: ``[k]`` bool, True for predicted-L instances sampled at random (not by
         uncertainty): their labels estimate the H rate among predicted-L instances.
-      labels: ``[k]`` class labels, for a ``class_conditional`` filter only.
     """
-    _check_labels(config, labels)
     if random is None:
         random = jnp.zeros_like(mask)
     label_high = eif.loss_labels(main_losses, state.threshold)
 
     def loss_fn(params):
-        logits, updates = _logits(state.net, params, x, True, labels)
+        logits, updates = _logits(state.net, params, x, train=True)
         loss = eif.filter_loss(logits, label_high, mask, config.r_set, weighted=config.weighted)
         return loss, updates
 

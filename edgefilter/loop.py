@@ -154,8 +154,7 @@ def train_and_evaluate(
     root, init_key = jax.random.split(jax.random.key(config.seed))
     state = train_lib.create_train_state(model, tx, init_key, info.image_shape)
     if config.uses_eif:
-        outputs = 2 * info.num_classes if config.eif_class_conditional else 2
-        filter_model = train_lib.build_model(config.filter_model, outputs, config.bits)
+        filter_model = train_lib.build_model(config.filter_model, 2, config.bits)
         runner = eif_training.EifRunner(config, info, filter_model, dataset, root)
     else:
         runner = SgdRunner(info, dataset, root)

@@ -103,11 +103,6 @@ flags.DEFINE_float(
     None,
     "EIF, quantile control: fraction of the stream T_l aims to label H (default: r_set).",
 )
-flags.DEFINE_bool(
-    "eif_class_conditional",
-    False,
-    "EIF: the filter also sees each instance's class label (beyond the paper).",
-)
 flags.DEFINE_bool("eif_static_threshold", False, "EIF ablation: keep T_l fixed.")
 flags.DEFINE_bool("eif_uncertainty", True, "EIF: uncertainty sampling (False: ablation).")
 flags.DEFINE_bool("eif_weighted", True, "EIF: weighted filter loss (False: ablation).")

@@ -68,7 +68,7 @@ class _PredictSpy(_Spy):
     kind = "predict"
 
     def record(self, args, out):
-        _, images, _, valid = args
+        _, images, valid = args
         pred = out[1]
         return dict(
             images=np.array(images),
