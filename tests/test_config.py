@@ -100,6 +100,7 @@ def test_filter_config_carries_the_eif_flags():
             eif_uncertainty=False,
             eif_weighted=False,
             eif_control="argmax",
+            eif_label_rate=0.1,
         )
     )
     assert config_lib.filter_config(config) == config_lib.FilterConfig(
@@ -113,6 +114,7 @@ def test_filter_config_carries_the_eif_flags():
         uncertainty=False,
         weighted=False,
         control="argmax",
+        label_rate=0.1,
     )
 
 
