@@ -175,11 +175,13 @@ def validate(config: TrainConfig) -> None:
     if config.eif_random_probes < 0:
         fail("eif_random_probes", config.eif_random_probes, "must be >= 0")
     if config.uses_eif:
-        # FilterConfig names these two `window` and `control`; name the flags instead.
+        # FilterConfig names these `window`, `control`, `label_rate`; name the flags instead.
         if not config.eif_window >= 1:
             fail("eif_window", config.eif_window, "must be a positive integer")
         if config.eif_control not in CONTROLS:
             fail("eif_control", config.eif_control, f"choose one of {', '.join(CONTROLS)}")
+        if config.eif_label_rate is not None and not 0 < config.eif_label_rate < 1:
+            fail("eif_label_rate", config.eif_label_rate, "must lie in (0, 1)")
         filter_config(config)  # Raises for a bad r_set, alpha1, alpha2, entropy_threshold, ...
     if config.gamma1 < 0 or config.gamma2 < 0 or config.gamma1 + config.gamma2 == 0:
         fail(
@@ -225,4 +227,6 @@ def resolve(config: TrainConfig) -> TrainConfig:
         filled["eif_probe_size"] = 0  # Nothing is sampled, so nothing is probed.
     elif config.eif_probe_size is None:
         filled["eif_probe_size"] = max(1, (config.batch_size or paper["batch_size"]) // 8)
+    if config.eif_label_rate is None:
+        filled["eif_label_rate"] = config.r_set  # T_l aims at labelling R_set of the stream H.
     return dataclasses.replace(config, **filled)

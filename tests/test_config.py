@@ -170,6 +170,7 @@ def test_uses_emp_and_uses_eif_follow_the_method():
         (dict(method="eif", alpha1=0.5), "--alpha1=0.5 is invalid: must be >= 1"),
         (dict(method="eif_emp", alpha2=1.5), "--alpha2=1.5 is invalid: must lie in (0, 1]"),
         (dict(method="eif", eif_window=0), "--eif_window=0 is invalid: must be a positive"),
+        (dict(method="eif", eif_label_rate=1.0), "--eif_label_rate=1.0 is invalid: must lie in"),
         (dict(method="eif", entropy_threshold=-1.0), "--entropy_threshold=-1.0 is invalid"),
         (dict(method="eif", init_threshold=0.0), "--init_threshold=0.0 is invalid: must be > 0"),
         (
