@@ -42,7 +42,14 @@ def run_compute(
     slots = main_steps * m
     counted_dense = config.uses_emp and config.emp_policy != "topk"
     if config.uses_emp and not counted_dense:
-        pruned = flops.emp_train(config.model, shape, classes, config.emp_keep, batch_size=m)
+        pruned = flops.emp_train(
+            config.model,
+            shape,
+            classes,
+            config.emp_keep,
+            batch_size=m,
+            prune_first_layer=config.emp_first_layer,
+        )
         backward = pruned["error_propagation"] + pruned["weight_gradient"]
         selection = pruned["selection"] * slots
     else:

@@ -52,6 +52,7 @@ class TrainConfig:
     emp_threshold: float = 1.0
     gamma1: float = 0.0
     gamma2: float = 1.0
+    emp_first_layer: bool = False  # Prune the first conv layer's backward too.
     # Early instance filter (PAPER.md Eq. 1-7; see edgefilter.instance_filter).
     r_set: float = FilterConfig.r_set
     alpha1: float = FilterConfig.alpha1

@@ -22,7 +22,8 @@ Conventions (all counts are per instance, Python ints unless stated):
   weight_gradient``, a little under 3x the forward.
 * **Error map pruning** (:func:`emp_train`). Keeping ``k = ceil(keep_ratio * n)`` of a
   conv layer's ``n`` output-error channels (``edgefilter.emp.TopK``) scales both of its
-  backward parts by exactly ``k / n``; dense layers are not pruned. The channel selection
+  backward parts by exactly ``k / n``; dense layers are not pruned, nor is the first
+  conv layer unless ``prune_first_layer`` (as ``train.build_model`` builds them). The channel selection
   is counted separately as ``selection`` (see :func:`emp_selection`).
 * **Bits** (:func:`bit_ops`, :func:`scale_for_bits`). A MAC of an ``a``-bit by a
   ``b``-bit operand costs ``a * b / 32**2`` of a 32-bit MAC; counts scaled this way are
@@ -341,11 +342,20 @@ def _num_kept(keep_ratio: float, layer: LayerCost) -> int:
     return emp.TopK(keep_ratio).num_kept(layer.output_channels)
 
 
+def _pruned(layers: Sequence[LayerCost], prune_first_layer: bool) -> list[bool]:
+    """Which layers EMP prunes: the conv layers, less the first unless asked."""
+    convs = [i for i, layer in enumerate(layers) if layer.kind == "conv"]
+    pruned = set(convs if prune_first_layer else convs[1:])
+    return [i in pruned for i in range(len(layers))]
+
+
 @functools.cache
-def _emp_selection(layers: tuple[LayerCost, ...], keep_ratio: float, batch_size: int) -> int:
+def _emp_selection(
+    layers: tuple[LayerCost, ...], keep_ratio: float, batch_size: int, prune_first_layer: bool
+) -> int:
     total = 0
-    for layer in layers:
-        if layer.kind == "conv" and _num_kept(keep_ratio, layer) < layer.output_channels:
+    for layer, pruned in zip(layers, _pruned(layers, prune_first_layer), strict=True):
+        if pruned and _num_kept(keep_ratio, layer) < layer.output_channels:
             total += emp.selection_macs(
                 (batch_size, *layer.output_shape),
                 layer.kernel_shape,
@@ -360,11 +370,14 @@ def emp_selection(
     num_classes: int,
     keep_ratio: float,
     batch_size: int,
+    *,
+    prune_first_layer: bool = False,
     **options: Any,
 ) -> int:
     """Operations EMP's channel selection costs for one mini-batch of ``batch_size``.
 
-    For each conv layer whose backward is pruned (``ceil(keep_ratio * n) < n``), the
+    For each conv layer whose backward is pruned (``ceil(keep_ratio * n) < n``; the
+    first conv layer only with ``prune_first_layer``, as in ``train.build_model``), the
     count of ``edgefilter.emp.selection_macs`` (adds and compares counted as one MAC
     each, an upper bound):
 
@@ -381,6 +394,7 @@ def emp_selection(
       num_classes: the model's output size.
       keep_ratio: fraction of output-error channels kept, in (0, 1].
       batch_size: instances in the mini-batch that shares one selection (>= 1).
+      prune_first_layer: whether the first conv layer is pruned too.
       **options: passed to ``edgefilter.models.create``.
 
     Returns:
@@ -390,7 +404,7 @@ def emp_selection(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     emp.TopK(keep_ratio)  # validates keep_ratio
     layers = per_layer(model_name, input_shape, num_classes, **options)
-    return _emp_selection(layers, float(keep_ratio), int(batch_size))
+    return _emp_selection(layers, float(keep_ratio), int(batch_size), bool(prune_first_layer))
 
 
 def emp_train(
@@ -400,11 +414,14 @@ def emp_train(
     keep_ratio: float,
     *,
     batch_size: int = 1,
+    prune_first_layer: bool = False,
     **options: Any,
 ) -> dict[str, float]:
     """MACs of one instance trained with error map pruning (``edgefilter.emp.TopK``).
 
-    Forward as in :func:`per_instance`. Each conv layer keeps ``k = ceil(keep_ratio * n)``
+    Forward as in :func:`per_instance`. Each pruned conv layer (every conv layer but the
+    first, unless ``prune_first_layer``, as ``train.build_model`` builds them) keeps
+    ``k = ceil(keep_ratio * n)``
     of its ``n`` output-error channels, so its error propagation (Eq. 8) and weight
     gradient (Eq. 12) are scaled by exactly ``k / n`` (integers: ``H_out * W_out * k *
     kh * kw * c_in``). Dense layers are not pruned. ``selection`` is the channel selection
@@ -419,6 +436,7 @@ def emp_train(
       keep_ratio: fraction of output-error channels kept, in (0, 1]; 1 gives
         :func:`per_instance`'s counts and ``selection == 0``.
       batch_size: mini-batch size sharing one selection (>= 1).
+      prune_first_layer: whether the first conv layer is pruned too.
       **options: passed to ``edgefilter.models.create``.
 
     Returns:
@@ -427,19 +445,27 @@ def emp_train(
       three are ints; ``selection`` and ``train`` are floats (amortised per instance).
     """
     layers = per_layer(model_name, input_shape, num_classes, **options)
-    pruned = []
-    for layer in layers:
-        if layer.kind == "conv":
+    counted = []
+    for layer, pruned in zip(layers, _pruned(layers, prune_first_layer), strict=True):
+        if pruned:
             k, n = _num_kept(keep_ratio, layer), layer.output_channels
             # forward * k / n is exact: forward is a multiple of n.
             layer = layer._replace(
                 error_propagation=layer.error_propagation * k // n,
                 weight_gradient=layer.weight_gradient * k // n,
             )
-        pruned.append(layer)
-    totals = _totals(pruned)
+        counted.append(layer)
+    totals = _totals(counted)
     selection = (
-        emp_selection(model_name, input_shape, num_classes, keep_ratio, batch_size, **options)
+        emp_selection(
+            model_name,
+            input_shape,
+            num_classes,
+            keep_ratio,
+            batch_size,
+            prune_first_layer=prune_first_layer,
+            **options,
+        )
         / batch_size
     )
     return {

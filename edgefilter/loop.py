@@ -146,7 +146,9 @@ def train_and_evaluate(
     total_chunks = -(-length // m)
 
     policy = train_lib.emp_policy(config)
-    model = train_lib.build_model(config.model, info.num_classes, config.bits, policy)
+    model = train_lib.build_model(
+        config.model, info.num_classes, config.bits, policy, config.emp_first_layer
+    )
     # The schedule counts the main network's updates: with the filter, about r_set of
     # the chunks turn into a training batch.
     main_steps = -(-int(length * config.r_set) // m) if config.uses_eif else total_chunks

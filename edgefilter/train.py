@@ -170,14 +170,24 @@ def emp_policy(config: config_lib.TrainConfig) -> emp.Policy | None:
 
 
 def build_model(
-    name: str, num_classes: int, bits: int = 32, policy: emp.Policy | None = None
+    name: str,
+    num_classes: int,
+    bits: int = 32,
+    policy: emp.Policy | None = None,
+    prune_first_layer: bool = False,
 ) -> nn.Module:
     """Model ``name`` whose convs prune error maps (``policy``) and compute in ``bits``.
 
     At 32 bits without a policy these are lax's own primitives; see :mod:`edgefilter.emp`
-    and :mod:`edgefilter.quant` for what the others do.
+    and :mod:`edgefilter.quant` for what the others do. The first conv layer's backward
+    stays dense unless ``prune_first_layer`` (see :mod:`edgefilter.emp`, "First layer").
     """
     conv = quant.conv_general_dilated(bits, policy=policy)
+    first = conv if prune_first_layer else quant.conv_general_dilated(bits)
     return models.create(
-        name, num_classes, conv_general_dilated=conv, dot_general=quant.dot_general(bits)
+        name,
+        num_classes,
+        conv_general_dilated=conv,
+        first_conv_general_dilated=first,
+        dot_general=quant.dot_general(bits),
     )

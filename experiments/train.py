@@ -60,6 +60,11 @@ flags.DEFINE_float(
     _DEFAULTS.emp_threshold,
     "Threshold: keep channels with S_j >= threshold * mean(S).",
 )
+flags.DEFINE_bool(
+    "emp_first_layer",
+    False,
+    "EMP: prune the first conv layer's backward too (default: it stays dense).",
+)
 flags.DEFINE_float("gamma1", _DEFAULTS.gamma1, "Weight of ||W_j||_1 in the score (Eq. 11).")
 flags.DEFINE_float("gamma2", _DEFAULTS.gamma2, "Weight of ||delta_ij||_1 (Eq. 11).")
 flags.DEFINE_float("r_set", _DEFAULTS.r_set, "EIF: target fraction of the stream trained on.")

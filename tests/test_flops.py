@@ -188,7 +188,7 @@ def test_emp_keep_all_is_the_dense_count():
 def test_emp_lenet_half_by_hand():
     conv1, conv2, fc1, fc2 = 288_000, 1_600_000, 400_000, 5_000
     k1, k2 = math.ceil(0.5 * 20), math.ceil(0.5 * 50)  # 10 of 20, 25 of 50 channels
-    out = flops.emp_train("lenet", (28, 28, 1), 10, 0.5)
+    out = flops.emp_train("lenet", (28, 28, 1), 10, 0.5, prune_first_layer=True)
     assert out["forward"] == 2_293_000  # the forward pass is not pruned
     # Conv backward parts scale by exactly k / n; conv1 has no error propagation; the
     # dense layers are not pruned.
@@ -205,22 +205,36 @@ def test_emp_lenet_half_by_hand():
     assert out["train"] == (
         out["forward"] + out["error_propagation"] + out["weight_gradient"] + out["selection"]
     )
-    assert flops.emp_selection("lenet", (28, 28, 1), 10, 0.5, 64) == 64 * per_instance + per_batch
-    amortised = flops.emp_train("lenet", (28, 28, 1), 10, 0.5, batch_size=64)["selection"]
+    selection = flops.emp_selection("lenet", (28, 28, 1), 10, 0.5, 64, prune_first_layer=True)
+    assert selection == 64 * per_instance + per_batch
+    amortised = flops.emp_train(
+        "lenet", (28, 28, 1), 10, 0.5, batch_size=64, prune_first_layer=True
+    )["selection"]
     assert amortised == pytest.approx(per_instance + per_batch / 64)
+
+
+def test_emp_lenet_half_with_the_first_conv_dense_by_hand():
+    conv1, conv2, fc1, fc2 = 288_000, 1_600_000, 400_000, 5_000
+    out = flops.emp_train("lenet", (28, 28, 1), 10, 0.5)  # The default: conv1 stays dense.
+    assert out["forward"] == 2_293_000
+    assert out["error_propagation"] == conv2 * 25 // 50 + fc1 + fc2
+    assert out["weight_gradient"] == conv1 + conv2 * 25 // 50 + fc1 + fc2 == 1_493_000
+    # Only conv2 is scored: |delta| over 8x8x50 per instance; its kernel norms, score
+    # combination and top-k once per batch.
+    assert out["selection"] == 8 * 8 * 50 + (5 * 5 * 20 * 50 + 3 * 50 + 50 * 6)
 
 
 def test_emp_kept_count_is_exact():
     # 0.3 * 20 == 6.000000000000001 and 0.3 * 50 == 15.000000000000002 in floats; the
     # kept counts are 6 and 15 (emp.TopK.num_kept), not 7 and 16.
-    out = flops.emp_train("lenet", (28, 28, 1), 10, 0.3)
+    out = flops.emp_train("lenet", (28, 28, 1), 10, 0.3, prune_first_layer=True)
     assert out["weight_gradient"] == 288_000 * 6 // 20 + 1_600_000 * 15 // 50 + 405_000
 
 
 def test_emp_agrees_with_emp_backward_macs():
     keep = 0.3
     layers = flops.per_layer("resnet8", (32, 32, 3), 10)
-    out = flops.emp_train("resnet8", (32, 32, 3), 10, keep)
+    out = flops.emp_train("resnet8", (32, 32, 3), 10, keep, prune_first_layer=True)
     backward = 0
     for layer in layers:
         if layer.kind == "conv":

@@ -115,6 +115,33 @@ def test_every_conv_and_dense_layer_uses_the_callers_primitives(name, image_shap
     assert calls == {"conv": convs, "dot": denses}
 
 
+@pytest.mark.parametrize(
+    "name, image_shape, first_shape",
+    [
+        ("lenet", (28, 28, 1), (5, 5, 1, 20)),
+        ("resnet8", (32, 32, 3), (3, 3, 3, 16)),
+        ("resnet18", (64, 64, 3), (7, 7, 3, 64)),
+        ("vgg11", (32, 32, 3), (3, 3, 3, 64)),
+    ],
+)
+def test_the_first_conv_alone_uses_first_conv_general_dilated(name, image_shape, first_shape):
+    kernels = {"first": [], "rest": []}
+
+    def spy(kind):
+        def conv(lhs, rhs, *args, **kwargs):
+            kernels[kind].append(rhs.shape)
+            return jax.lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
+
+        return conv
+
+    model = models.create(
+        name, 10, conv_general_dilated=spy("rest"), first_conv_general_dilated=spy("first")
+    )
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)), train=False))
+    assert kernels["first"] == [first_shape]
+    assert first_shape not in kernels["rest"] and kernels["rest"]
+
+
 def test_lenet_forward_matches_a_hand_written_forward():
     model = models.create("lenet", 10)
     x = jax.random.normal(jax.random.key(1), (2, 28, 28, 1))

@@ -121,3 +121,23 @@ def test_every_model_builds_with_pruning_in_all_conv_layers(name):
     chex.assert_trees_all_equal_shapes(grads, variables["params"])
     convs = sum(1 for layer in flops.per_layer(name, shape, 10) if layer.kind == "conv")
     assert len(calls) == convs  # Every conv layer went through the pruned primitive.
+
+
+@pytest.mark.parametrize("prune_first_layer", [False, True])
+def test_build_model_leaves_the_first_conv_dense_unless_asked(prune_first_layer):
+    model = train_lib.build_model("lenet", 10, 32, emp.TopK(0.5), prune_first_layer)
+    x = jax.random.normal(jax.random.key(0), (8, 28, 28, 1))
+    labels = jnp.arange(8) % 10
+    params = model.init(jax.random.key(1), x)["params"]
+
+    def loss(params):
+        logits = model.apply({"params": params}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    grads = jax.grad(loss)(params)
+
+    def channels_with_a_gradient(layer):
+        return int(jnp.sum(jnp.any(grads[layer]["kernel"] != 0, axis=(0, 1, 2))))
+
+    assert channels_with_a_gradient("Conv_0") == (10 if prune_first_layer else 20)
+    assert channels_with_a_gradient("Conv_1") == 25  # ceil(0.5 * 50) kept.

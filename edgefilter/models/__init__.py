@@ -57,6 +57,7 @@ def create(
     conv_general_dilated: Callable[..., jax.Array] = jax.lax.conv_general_dilated,
     dot_general: Callable[..., jax.Array] = jax.lax.dot_general,
     dtype: jnp.dtype = jnp.float32,
+    first_conv_general_dilated: Callable[..., jax.Array] | None = None,
     **options,
 ) -> nn.Module:
     """Builds model ``name`` with ``num_classes`` outputs.
@@ -67,6 +68,8 @@ def create(
       conv_general_dilated: the primitive every conv layer calls (e.g. EMP's).
       dot_general: the primitive every dense layer calls (e.g. a quantized one).
       dtype: computation dtype of conv and dense layers.
+      first_conv_general_dilated: the primitive of the first conv layer only (the one
+        that sees the input); ``None`` means ``conv_general_dilated``.
       **options: model-specific fields, e.g. ``head="imagenet"`` for VGG.
 
     Returns:
@@ -80,7 +83,7 @@ def create(
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    ops = Ops(conv_general_dilated, dot_general, dtype)
+    ops = Ops(conv_general_dilated, dot_general, dtype, first_conv_general_dilated)
     return _REGISTRY[name](num_classes=int(num_classes), ops=ops, **options)
 
 

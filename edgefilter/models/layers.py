@@ -35,11 +35,15 @@ class Ops:
       conv_general_dilated: drop-in for ``jax.lax.conv_general_dilated``.
       dot_general: drop-in for ``jax.lax.dot_general``.
       dtype: computation dtype of conv/dense layers (parameters stay float32).
+      first_conv_general_dilated: the primitive of the first conv layer (the one that
+        sees the input); ``None`` means ``conv_general_dilated``. Error map pruning
+        leaves that layer dense by default (see :mod:`edgefilter.emp`).
     """
 
     conv_general_dilated: ConvFn = jax.lax.conv_general_dilated
     dot_general: DotFn = jax.lax.dot_general
     dtype: Any = jnp.float32
+    first_conv_general_dilated: ConvFn | None = None
 
     def conv(
         self,
@@ -51,8 +55,16 @@ class Ops:
         use_bias: bool = False,
         kernel_init: Any = he_normal,
         name: str | None = None,
+        first: bool = False,
     ) -> nn.Conv:
-        """A square ``nn.Conv`` (NHWC/HWIO) using this object's conv primitive."""
+        """A square ``nn.Conv`` (NHWC/HWIO) using this object's conv primitive.
+
+        ``first=True`` marks the model's first conv layer, which uses
+        ``first_conv_general_dilated`` when that is set.
+        """
+        conv = self.conv_general_dilated
+        if first and self.first_conv_general_dilated is not None:
+            conv = self.first_conv_general_dilated
         return nn.Conv(
             features,
             (kernel, kernel),
@@ -61,7 +73,7 @@ class Ops:
             use_bias=use_bias,
             kernel_init=kernel_init,
             dtype=self.dtype,
-            conv_general_dilated=self.conv_general_dilated,
+            conv_general_dilated=conv,
             name=name,
         )
 

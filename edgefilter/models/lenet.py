@@ -27,9 +27,14 @@ class LeNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         del train  # No batch norm or dropout.
-        for features in self.filters:
+        for i, features in enumerate(self.filters):
             x = self.ops.conv(
-                features, self.kernel, padding="VALID", use_bias=True, kernel_init=torch_default
+                features,
+                self.kernel,
+                padding="VALID",
+                use_bias=True,
+                kernel_init=torch_default,
+                first=i == 0,
             )(x)
             x = max_pool_2x2(nn.relu(x))
         x = x.reshape((x.shape[0], -1))

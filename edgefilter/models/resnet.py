@@ -50,7 +50,7 @@ class CifarResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-        x = nn.relu(batch_norm(train)(self.ops.conv(16, 3)(x)))
+        x = nn.relu(batch_norm(train)(self.ops.conv(16, 3, first=True)(x)))
         for stage, features in enumerate((16, 32, 64)):
             for block in range(self.blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1
@@ -77,7 +77,7 @@ class ImageNetResNet(nn.Module):
         if self.input_downsample > 1:
             d = self.input_downsample
             x = nn.avg_pool(x, (d, d), strides=(d, d))
-        x = self.ops.conv(64, 7, stride=2, padding=((3, 3), (3, 3)))(x)
+        x = self.ops.conv(64, 7, stride=2, padding=((3, 3), (3, 3)), first=True)(x)
         x = nn.relu(batch_norm(train)(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage, blocks in enumerate(self.stage_sizes):

@@ -51,11 +51,11 @@ class VGG(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-        for width in self.config:
+        for i, width in enumerate(self.config):
             if width == "M":
                 x = max_pool_2x2(x)
             else:
-                x = nn.relu(batch_norm(train)(self.ops.conv(width, 3)(x)))
+                x = nn.relu(batch_norm(train)(self.ops.conv(width, 3, first=i == 0)(x)))
         if self.head == "cifar":
             x = x.mean(axis=(1, 2))
         else:
