@@ -23,8 +23,8 @@ Conventions (all counts are per instance, Python ints unless stated):
 * **Error map pruning** (:func:`emp_train`). Keeping ``k = ceil(keep_ratio * n)`` of a
   conv layer's ``n`` output-error channels (``edgefilter.emp.TopK``) scales both of its
   backward parts by exactly ``k / n``; dense layers are not pruned, nor is the first
-  conv layer unless ``prune_first_layer`` (as ``train.build_model`` builds them). The channel selection
-  is counted separately as ``selection`` (see :func:`emp_selection`).
+  conv layer unless ``prune_first_layer`` (as ``train.build_model`` builds them). The
+  channel selection is counted separately as ``selection`` (see :func:`emp_selection`).
 * **Bits** (:func:`bit_ops`, :func:`scale_for_bits`). A MAC of an ``a``-bit by a
   ``b``-bit operand costs ``a * b / 32**2`` of a 32-bit MAC; counts scaled this way are
   in "BOP" (32-bit-MAC equivalents), so full-precision counts are unchanged.

@@ -21,6 +21,7 @@ from edgefilter import compile as compile_lib
 from edgefilter import config as config_lib
 from edgefilter import data as data_lib
 from edgefilter import emp, models, quant
+from edgefilter.models.layers import small_kernel_conv
 from edgefilter.state import TrainState, create_train_state
 
 __all__ = [
@@ -183,7 +184,12 @@ def build_model(
     stays dense unless ``prune_first_layer`` (see :mod:`edgefilter.emp`, "First layer").
     """
     conv = quant.conv_general_dilated(bits, policy=policy)
-    first = conv if prune_first_layer else quant.conv_general_dilated(bits)
+    if prune_first_layer:
+        first = conv
+    elif bits == quant.FULL_PRECISION:  # Tiny first kernels (the MNIST filter's) as tap sums.
+        first = small_kernel_conv
+    else:
+        first = quant.conv_general_dilated(bits)
     return models.create(
         name,
         num_classes,

@@ -4,9 +4,11 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from edgefilter import models
+from edgefilter.models import layers
 
 
 def _shapes(name, image_shape, num_classes=10, **options):
@@ -177,3 +179,48 @@ def test_max_pool_2x2_matches_flax_max_pool_and_its_gradient(shape):
     ours = lambda x: jax.numpy.sum(max_pool_2x2(x) ** 2)  # noqa: E731
     chex.assert_trees_all_close(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
     chex.assert_trees_all_close(jax.grad(ours)(x), jax.grad(reference)(x))
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, strides, padding",
+    [
+        ((4, 28, 28, 1), (3, 3, 1, 6), (1, 1), "VALID"),  # The MNIST filter's first conv.
+        ((2, 9, 11, 2), (3, 3, 2, 4), (2, 1), "SAME"),
+        ((2, 8, 8, 3), (1, 3, 3, 5), (1, 2), ((1, 2), (0, 1))),
+    ],
+)
+def test_small_kernel_conv_matches_lax_and_its_gradients(x_shape, w_shape, strides, padding):
+    x = jax.random.normal(jax.random.key(0), x_shape)
+    w = jax.random.normal(jax.random.key(1), w_shape)
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def loss(conv):
+        def f(x, w):
+            y = conv(x, w, strides, padding, dimension_numbers=dn)
+            return jnp.sum(jnp.sin(y)), y
+
+        return f
+
+    (_, y_ref), g_ref = jax.value_and_grad(loss(jax.lax.conv_general_dilated), (0, 1), True)(x, w)
+    (_, y), g = jax.value_and_grad(loss(layers.small_kernel_conv), (0, 1), True)(x, w)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(g, g_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_small_kernel_conv_leaves_larger_kernels_to_lax():
+    x = jnp.ones((1, 8, 8, 1))
+    w = jnp.ones((5, 5, 1, 20))  # 500 weights, above SMALL_KERNEL_WEIGHTS.
+    dn = ("NHWC", "HWIO", "NHWC")
+    text = (
+        jax.jit(lambda x, w: layers.small_kernel_conv(x, w, (1, 1), "VALID", dimension_numbers=dn))
+        .lower(x, w)
+        .as_text()
+    )
+    assert "convolution" in text
+    small = jnp.ones((3, 3, 1, 6))
+    text = (
+        jax.jit(lambda x, w: layers.small_kernel_conv(x, w, (1, 1), "VALID", dimension_numbers=dn))
+        .lower(x, small)
+        .as_text()
+    )
+    assert "convolution" not in text and "dot_general" in text
