@@ -1,0 +1,82 @@
+"""Tests of edgefilter.comparison: rows, measured reductions, the table and merging."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from edgefilter import comparison
+from edgefilter import config as config_lib
+
+
+def _summary(accuracy: float, trained: int, reduction: float, seconds: float, unit: str = "MAC"):
+    return {
+        "test_accuracy": accuracy,
+        "instances_trained": trained,
+        "instances_streamed": 1000,
+        "train_time_s": seconds,
+        "compute": {"reduction": reduction, "unit": unit},
+    }
+
+
+def test_row_reads_the_summary():
+    r = comparison.row("eif", _summary(0.9, 300, 0.6, 20.0), 3 * 2**20)
+    assert r == {
+        "variant": "eif",
+        "test_accuracy": 0.9,
+        "trained_fraction": 0.3,
+        "counted_reduction": 0.6,
+        "unit": "MAC",
+        "train_time_s": 20.0,
+        "images_per_s": 50.0,
+        "peak_rss_mib": 3.0,
+    }
+
+
+def test_measured_reduction_is_against_the_sgd_row_and_its_ratio_to_the_count():
+    rows = [
+        comparison.row("sgd", _summary(0.9, 1000, 0.0, 40.0), 0),
+        comparison.row("eif_emp", _summary(0.89, 300, 0.7, 12.0), 0),
+    ]
+    comparison.add_measured_reduction(rows)
+    assert rows[0]["measured_reduction"] == 0.0 and rows[0]["measured_over_counted"] is None
+    assert rows[1]["measured_reduction"] == pytest.approx(1 - 12 / 40)
+    assert rows[1]["measured_over_counted"] == pytest.approx((1 - 12 / 40) / 0.7)
+
+
+def test_bit_op_rows_get_no_ratio_and_rows_without_sgd_no_measurement():
+    rows = [
+        comparison.row("sgd", _summary(0.9, 1000, 0.94, 40.0, "BOP"), 0),
+        comparison.row("eif_emp", _summary(0.89, 300, 0.98, 12.0, "BOP"), 0),
+    ]
+    comparison.add_measured_reduction(rows)
+    assert rows[1]["measured_reduction"] == pytest.approx(0.7)
+    assert rows[1]["measured_over_counted"] is None
+    alone = [comparison.row("eif", _summary(0.89, 300, 0.6, 12.0), 0)]
+    comparison.add_measured_reduction(alone)
+    assert alone[0]["measured_reduction"] is None and alone[0]["measured_over_counted"] is None
+
+
+def test_merge_recomputes_against_the_merged_sgd_row(tmp_path: pathlib.Path):
+    base = config_lib.TrainConfig(model="lenet", dataset="fashion_mnist")
+    for name, seconds in (("a", 40.0), ("b", 10.0)):
+        variant = "sgd" if name == "a" else "eif"
+        rows = [comparison.row(variant, _summary(0.9, 500, 0.5, seconds), 2**20)]
+        comparison.add_measured_reduction(rows)
+        (tmp_path / name).mkdir()
+        comparison.write_table(rows, base, str(tmp_path / name))
+    markdown = comparison.merge([str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "m"))
+    merged = json.loads((tmp_path / "m" / "comparison.json").read_text())["rows"]
+    assert [r["variant"] for r in merged] == ["sgd", "eif"]
+    assert merged[1]["measured_reduction"] == pytest.approx(0.75)
+    assert "| eif | 0.9000 | 0.500 | 0.500 (MAC) | 0.750 | 1.50 | 10.0 | 100 | 1 |" in markdown
+    assert markdown == (tmp_path / "m" / "comparison.md").read_text()
+
+
+def test_every_variant_is_a_valid_config():
+    base = config_lib.TrainConfig(model="lenet", dataset="fashion_mnist")
+    for name, overrides in comparison.VARIANTS.items():
+        config = config_lib.resolve(config_lib.TrainConfig(**{**vars(base), **overrides}))
+        assert config.method in ("sgd", "emp", "eif", "eif_emp"), name
