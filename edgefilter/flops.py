@@ -421,13 +421,13 @@ def emp_train(
 
     Forward as in :func:`per_instance`. Each pruned conv layer (every conv layer but the
     first, unless ``prune_first_layer``, as ``train.build_model`` builds them) keeps
-    ``k = ceil(keep_ratio * n)``
-    of its ``n`` output-error channels, so its error propagation (Eq. 8) and weight
-    gradient (Eq. 12) are scaled by exactly ``k / n`` (integers: ``H_out * W_out * k *
-    kh * kw * c_in``). Dense layers are not pruned. ``selection`` is the channel selection
-    of :func:`emp_selection` for a mini-batch of ``batch_size``, divided by
-    ``batch_size`` (its kernel-norm and top-k parts are shared by the mini-batch; the
-    default ``batch_size=1`` charges them to every instance, the worst case).
+    ``k = ceil(keep_ratio * n)`` of its ``n`` output-error channels, so its error
+    propagation (Eq. 8) and weight gradient (Eq. 12) are scaled by exactly ``k / n``
+    (integers: ``H_out * W_out * k * kh * kw * c_in``). Dense layers are not pruned.
+    ``selection`` is the channel selection of :func:`emp_selection` for a mini-batch of
+    ``batch_size``, divided by ``batch_size`` (its kernel-norm and top-k parts are
+    shared by the mini-batch; the default ``batch_size=1`` charges them to every
+    instance, the worst case).
 
     Args:
       model_name: a name in ``edgefilter.models.MODEL_NAMES``.
