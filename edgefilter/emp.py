@@ -212,6 +212,27 @@ def _score_dtype(dtype: Any) -> Any:
     return jnp.promote_types(dtype, jnp.float32)
 
 
+# Widest row a channel sum folds the leading axes into (see _sum_over_all_but).
+_WIDE_ROW = 256
+
+
+def _sum_over_all_but(x: jax.Array, axis: int) -> jax.Array:
+    """``jnp.sum`` over every axis of ``x`` but ``axis``.
+
+    When ``axis`` is the minor one (NHWC), the leading axes are first folded into rows of
+    ``g`` channel groups, ``[rows / g, g * n]``, and the ``g`` partial sums added after:
+    on XLA:CPU a column sum over a narrow minor axis is several times slower than over a
+    wide one (summing ``|delta|`` of ResNet-20 layers, 128x32x32x16 and 128x8x8x64: 3.7x
+    and 2.6x faster folded, in a microbenchmark on the 2-core CPU).
+    """
+    n = x.shape[axis]
+    if axis != x.ndim - 1 or n >= _WIDE_ROW:
+        return jnp.sum(x, axis=tuple(a for a in range(x.ndim) if a != axis))
+    rows = x.size // n
+    groups = max(g for g in range(1, _WIDE_ROW // n + 1) if rows % g == 0)
+    return jnp.sum(x.reshape(rows // groups, groups * n), axis=0).reshape(groups, n).sum(0)
+
+
 def _scores(
     kernel: jax.Array,
     delta: jax.Array,
@@ -224,8 +245,7 @@ def _scores(
     n = delta.shape[out_axis]
     scores = jnp.zeros((n,), dtype)
     if gamma2 != 0.0:
-        axes = tuple(a for a in range(delta.ndim) if a != out_axis)
-        scores = scores + gamma2 * jnp.sum(jnp.abs(delta.astype(dtype)), axis=axes)
+        scores = scores + gamma2 * _sum_over_all_but(jnp.abs(delta.astype(dtype)), out_axis)
     if gamma1 != 0.0:
         axes = tuple(a for a in range(kernel.ndim) if a != rhs_axis)
         kernel_l1 = jnp.sum(jnp.abs(kernel.astype(dtype)), axis=axes)

@@ -514,3 +514,14 @@ def test_policy_validation(make, message):
 def test_policy_type_checked():
     with pytest.raises(TypeError, match="TopK or Threshold"):
         emp.conv_general_dilated(0.5)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7, 6), (128, 8, 8, 16), (2, 3, 3, 300), (1, 1, 1, 4)])
+def test_channel_scores_fold_the_leading_axes_without_changing_the_sum(shape):
+    # The minor-axis sum is folded into wide rows (a prime row count, one that divides,
+    # a channel count past the fold, a single row); it must equal the plain sum.
+    delta = jax.random.normal(jax.random.key(0), shape)
+    kernel = jnp.ones((1, 1, 2, shape[-1]))
+    scores = emp.channel_scores(kernel, delta, dimension_numbers=NHWC)
+    expected = np.abs(np.asarray(delta, np.float64)).sum(axis=(0, 1, 2))
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
