@@ -27,6 +27,7 @@ from absl import app, flags
 from edgefilter import compile as compile_lib
 from edgefilter import config as config_lib
 from edgefilter import data as data_lib
+from edgefilter import stream as stream_lib
 from edgefilter import train as train_lib
 
 flags.DEFINE_enum("mode", "oracle", ["oracle", "random"], "How each chunk's kept part is chosen.")
@@ -58,7 +59,8 @@ def main(argv: list[str]) -> None:
 
     kept_per_chunk = round(FLAGS.r * batch)
     rng = np.random.default_rng(FLAGS.seed)
-    key, ones, queue, history = jax.random.key(FLAGS.seed + 1), np.ones(batch, np.float32), [], []
+    key, ones, history = jax.random.key(FLAGS.seed + 1), np.ones(batch, np.float32), []
+    queue = stream_lib.Queue.empty(2 * batch)  # Drained below one batch after every chunk.
     for epoch in range(FLAGS.epochs):
         order = rng.permutation(len(dataset.train_labels))
         for start in range(0, len(order) - batch + 1, batch):
@@ -70,9 +72,10 @@ def main(argv: list[str]) -> None:
                 kept = chunk[np.argsort(-np.asarray(chunk_losses))[:kept_per_chunk]]
             else:
                 kept = rng.choice(chunk, kept_per_chunk, replace=False)
-            queue.extend(kept.tolist())
+            queue, overflow = queue.push(kept)
+            assert overflow == 0
             while len(queue) >= batch:
-                idx, queue = np.asarray(queue[:batch]), queue[batch:]
+                queue, idx = queue.pop(batch)
                 state, _, _ = train_step(
                     state, dataset.train_images[idx], dataset.train_labels[idx], ones, key
                 )
