@@ -38,8 +38,9 @@ def run_compute(
     """The compute block for a finished (or resumed-and-finished) run's loop state."""
     shape, classes, m = info.image_shape, info.num_classes, config.batch_size
     dense = flops.per_instance(config.model, shape, classes)
+    batch = config.eif_batch_size if config.uses_eif else m  # Instances per main step.
     main_steps = int(loop["state"].step)
-    slots = main_steps * m
+    slots = main_steps * batch
     counted_dense = config.uses_emp and config.emp_policy != "topk"
     if config.uses_emp and not counted_dense:
         pruned = flops.emp_train(
@@ -47,7 +48,7 @@ def run_compute(
             shape,
             classes,
             config.emp_keep,
-            batch_size=m,
+            batch_size=batch,
             prune_first_layer=config.emp_first_layer,
         )
         backward = pruned["error_propagation"] + pruned["weight_gradient"]
@@ -66,7 +67,7 @@ def run_compute(
         probes = config.eif_probe_size
         breakdown["filter_inference"] = int(loop["chunk"]) * m * filt["forward"] * scale
         filter_steps = int(loop["filter"].net.step)
-        breakdown["filter_training"] = filter_steps * (m + probes) * filt["train"] * scale
+        breakdown["filter_training"] = filter_steps * (batch + probes) * filt["train"] * scale
         breakdown["uncertainty_forward"] = main_steps * probes * dense["forward"] * scale
     total = sum(breakdown.values())
     sgd = int(loop["position"]) * dense["train"]

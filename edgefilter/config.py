@@ -10,6 +10,10 @@ and dataset when :func:`resolve` is called (PAPER.md, "Training settings"):
   (~164 epochs), lr divided by 10 at 50% and 75% of training (32k and 48k of 64k).
 * ImageNet: lr 0.1, momentum 0.9, weight decay 1e-4, batch 256, lr divided by 10 at
   1/3 and 2/3 of training (150k and 300k of 450k).
+
+Under the instance filter the main network trains on packed batches of
+``eif_batch_size = round(r_set * batch_size)`` instances: one step per stream
+mini-batch on average, as the paper's main network takes (see ``eif_training``).
 """
 
 from __future__ import annotations
@@ -63,7 +67,8 @@ class TrainConfig:
     filter_model: str | None = None  # lenet_slim / resnet8 / resnet10 by dataset.
     filter_learning_rate: float = 0.1
     filter_lr_decay_steps: int | None = None  # MNIST: 940 filter updates, then lr / 2.
-    eif_probe_size: int | None = None  # Sampled instances per main step: batch_size // 8.
+    eif_batch_size: int | None = None  # Packed main-network batch under EIF: r_set * m.
+    eif_probe_size: int | None = None  # Sampled instances per main step: eif_batch_size // 8.
     eif_random_probes: int = 1  # Random predicted-L instances sampled per chunk.
     eif_control: str = FilterConfig.control
     eif_label_rate: float | None = FilterConfig.label_rate
@@ -146,6 +151,7 @@ def validate(config: TrainConfig) -> None:
         "eval_batch_size": config.eval_batch_size,
         "checkpoint_every_steps": config.checkpoint_every_steps,
         "log_every_steps": config.log_every_steps,
+        "eif_batch_size": config.eif_batch_size,
     }
     for name, value in positive.items():
         if value is not None and not (
@@ -226,8 +232,13 @@ def resolve(config: TrainConfig) -> TrainConfig:
     filled = {k: v for k, v in paper.items() if getattr(config, k) is None}
     if not config.eif_uncertainty and config.eif_random_probes == 0:
         filled["eif_probe_size"] = 0  # Nothing is sampled, so nothing is probed.
-    elif config.eif_probe_size is None:
-        filled["eif_probe_size"] = max(1, (config.batch_size or paper["batch_size"]) // 8)
+    m = config.batch_size or paper["batch_size"]
+    # The paper's main network takes one step per stream mini-batch, on the ~R_set * m
+    # instances it keeps; packed steps of that size take as many steps as SGD.
+    eif_batch = config.eif_batch_size or max(1, round(config.r_set * m))
+    filled["eif_batch_size"] = eif_batch
+    if config.eif_probe_size is None and "eif_probe_size" not in filled:
+        filled["eif_probe_size"] = max(1, eif_batch // 8)
     if config.eif_label_rate is None:
         filled["eif_label_rate"] = config.r_set  # T_l aims at labelling R_set of the stream H.
     return dataclasses.replace(config, **filled)

@@ -151,7 +151,10 @@ def train_and_evaluate(
     )
     # The schedule counts the main network's updates: with the filter, about r_set of
     # the chunks turn into a training batch.
-    main_steps = -(-int(length * config.r_set) // m) if config.uses_eif else total_chunks
+    if config.uses_eif:
+        main_steps = -(-int(length * config.r_set) // config.eif_batch_size)
+    else:
+        main_steps = total_chunks
     tx = train_lib.make_optimizer(config, main_steps)
     root, init_key = jax.random.split(jax.random.key(config.seed))
     state = train_lib.create_train_state(model, tx, init_key, info.image_shape)

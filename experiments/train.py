@@ -89,9 +89,15 @@ flags.DEFINE_integer(
     "EIF: filter updates after which its lr halves (MNIST: 940; 0: never).",
 )
 flags.DEFINE_integer(
+    "eif_batch_size",
+    None,
+    "EIF: instances per main-network step, packed from the filter's selection (default: "
+    "round(r_set * batch_size), one main step per chunk as in the paper).",
+)
+flags.DEFINE_integer(
     "eif_probe_size",
     None,
-    "EIF: uncertainty-sampled instances probed per main step (batch_size/8).",
+    "EIF: uncertainty-sampled instances probed per main step (eif_batch_size/8).",
 )
 flags.DEFINE_integer(
     "eif_random_probes",

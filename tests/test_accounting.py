@@ -34,7 +34,9 @@ M = 16
 
 def _config(**kwargs):
     return config_lib.resolve(
-        config_lib.TrainConfig(model="lenet", dataset="mnist", batch_size=M, **kwargs)
+        config_lib.TrainConfig(
+            model="lenet", dataset="mnist", batch_size=M, **{"eif_batch_size": M, **kwargs}
+        )
     )
 
 
@@ -96,13 +98,13 @@ def test_emp_threshold_policy_is_counted_dense_and_says_so():
     assert out["breakdown"]["emp_selection"] == 0 and out["reduction"] == 0.0
 
 
-def _eif_breakdown(main_steps, chunks, filter_steps, probes):
+def _eif_breakdown(main_steps, chunks, filter_steps, probes, batch=M):
     return {
-        "main_forward": main_steps * M * 2_293_000,
-        "main_backward": main_steps * M * LENET_BACKWARD,
+        "main_forward": main_steps * batch * 2_293_000,
+        "main_backward": main_steps * batch * LENET_BACKWARD,
         "emp_selection": 0,
         "filter_inference": chunks * M * SLIM_FORWARD,
-        "filter_training": filter_steps * (M + probes) * SLIM_TRAIN,
+        "filter_training": filter_steps * (batch + probes) * SLIM_TRAIN,
         "uncertainty_forward": main_steps * probes * 2_293_000,
     }
 
@@ -116,6 +118,14 @@ def test_eif_counts_the_filter_and_the_probes():
     total = sum(expected.values())
     assert out["total"] == total and out["sgd_same_stream"] == 160 * 6_591_000
     assert out["reduction"] == pytest.approx(1 - total / (160 * 6_591_000))
+
+
+def test_eif_counts_its_own_main_batch_size():
+    # Main steps of 5 packed instances (and 5 // 8 -> 1 probe) while chunks hold M.
+    config = _config(method="eif", eif_batch_size=5)
+    assert config.eif_probe_size == 1
+    out = accounting.run_compute(config, INFO, _loop(10, 160, 10, filter_steps=10))
+    assert out["breakdown"] == _eif_breakdown(10, 10, 10, 1, batch=5)
 
 
 def test_eif_without_any_sampling_probes_nothing():

@@ -18,7 +18,8 @@ def test_mnist_family_gets_the_papers_lenet_settings(dataset):
     assert config.lr_boundaries == ()
     assert config.filter_model == "lenet_slim"
     assert config.filter_lr_decay_steps == 940  # lr 0.1 -> 0.05 after 0.94k iterations.
-    assert config.eif_probe_size == 64 // 8
+    assert config.eif_batch_size == 19  # round(0.3 * 64): one main step per chunk.
+    assert config.eif_probe_size == 19 // 8
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
@@ -28,7 +29,7 @@ def test_cifar_family_gets_the_papers_resnet_settings(dataset):
     assert config.batch_size == 128 and config.steps == 64_000 and config.epochs is None
     assert config.lr_boundaries == (0.5, 0.75)  # 32k and 48k of 64k.
     assert config.filter_model == "resnet8" and config.filter_lr_decay_steps == 0
-    assert config.eif_probe_size == 16
+    assert config.eif_batch_size == 38 and config.eif_probe_size == 38 // 8
 
 
 def test_imagenet_family_gets_the_papers_resnet18_settings():
@@ -37,7 +38,8 @@ def test_imagenet_family_gets_the_papers_resnet18_settings():
     assert (config.learning_rate, config.momentum, config.weight_decay) == (0.1, 0.9, 1e-4)
     assert config.batch_size == 256 and config.steps == 450_000
     assert config.lr_boundaries == pytest.approx((1 / 3, 2 / 3))  # 150k and 300k of 450k.
-    assert config.filter_model == "resnet10" and config.eif_probe_size == 32
+    assert config.filter_model == "resnet10" and config.eif_batch_size == 77
+    assert config.eif_probe_size == 77 // 8
 
 
 def test_given_values_are_kept_and_only_none_is_filled():
@@ -60,9 +62,21 @@ def test_given_values_are_kept_and_only_none_is_filled():
     assert steps.steps == 10 and steps.epochs is None
 
 
-@pytest.mark.parametrize("batch_size, probes", [(64, 8), (32, 4), (12, 1), (4, 1)])
-def test_probe_size_is_an_eighth_of_the_batch_and_at_least_one(batch_size, probes):
-    config = config_lib.resolve(TrainConfig(dataset="mnist", batch_size=batch_size))
+@pytest.mark.parametrize(
+    "r_set, batch_size, eif_batch",
+    [(0.3, 64, 19), (0.4, 128, 51), (0.1, 64, 6), (0.01, 32, 1), (1.0, 16, 16)],
+)
+def test_eif_batch_is_r_set_of_the_chunk_by_default(r_set, batch_size, eif_batch):
+    # The paper keeps 51 of 128 per mini-batch at R_set = 0.4.
+    config = config_lib.resolve(TrainConfig(dataset="mnist", r_set=r_set, batch_size=batch_size))
+    assert config.eif_batch_size == eif_batch
+    given = config_lib.resolve(TrainConfig(dataset="mnist", eif_batch_size=24))
+    assert given.batch_size == 64 and given.eif_batch_size == 24
+
+
+@pytest.mark.parametrize("eif_batch, probes", [(64, 8), (32, 4), (12, 1), (4, 1)])
+def test_probe_size_is_an_eighth_of_the_main_batch_and_at_least_one(eif_batch, probes):
+    config = config_lib.resolve(TrainConfig(dataset="mnist", eif_batch_size=eif_batch))
     assert config.eif_probe_size == probes
 
 
@@ -83,7 +97,7 @@ def test_random_probes_alone_still_need_probe_slots():
     config = config_lib.resolve(
         TrainConfig(dataset="mnist", eif_uncertainty=False, eif_random_probes=1)
     )
-    assert config.eif_probe_size == 64 // 8
+    assert config.eif_probe_size == 19 // 8
 
 
 def test_filter_config_carries_the_eif_flags():
@@ -165,6 +179,7 @@ def test_uses_emp_and_uses_eif_follow_the_method():
         (dict(filter_model="resnet9"), "--filter_model='resnet9' is invalid: choose one of"),
         (dict(filter_learning_rate=0.0), "--filter_learning_rate=0.0 is invalid: must be > 0"),
         (dict(eif_probe_size=-1), "--eif_probe_size=-1 is invalid: must be >= 0"),
+        (dict(eif_batch_size=0), "--eif_batch_size=0 is invalid: must be a positive number"),
         (dict(eif_random_probes=-1), "--eif_random_probes=-1 is invalid: must be >= 0"),
         (dict(method="eif", r_set=1.0), "--r_set=1.0 is invalid: must lie in (0, 1)"),
         (dict(method="eif", alpha1=0.5), "--alpha1=0.5 is invalid: must be >= 1"),

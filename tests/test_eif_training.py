@@ -36,6 +36,7 @@ def _config(**overrides):
         method="eif",
         steps=CHUNKS,
         batch_size=M,
+        eif_batch_size=M,  # Main steps as large as chunks; smaller ones: a test of their own.
         r_set=R_SET,
         checkpoint_every_steps=1000,  # Checkpoints at epoch ends only: they are slow.
         log_every_steps=4,
@@ -198,6 +199,21 @@ def test_the_final_partial_batch_is_trained(eif_run):
     assert summary["instances_trained"] == selected
 
 
+def test_a_main_batch_smaller_than_the_chunk_packs_the_same_instances(tmp_path, tiny_dataset):
+    # 7 per main step while chunks of M = 32 arrive: steps are more frequent, their
+    # shape stays static, and the instances trained are exactly the selected ones.
+    config = _config(eif_batch_size=7, steps=10)  # One window.
+    summary, predictions, steps, _ = _spied_run(config, str(tmp_path), tiny_dataset)
+    assert summary["compilations"] == {"predict": 1, "train": 1, "end_window": 1}
+    selected = np.concatenate([p["images"][p["pred_high"]] for p in predictions])
+    trained = np.concatenate([s["images"][s["weights"] > 0] for s in steps])
+    np.testing.assert_array_equal(trained, selected)
+    assert all(s["images"].shape[0] == 7 and s["probe_images"].shape[0] == 1 for s in steps)
+    assert summary["steps"] == math.ceil(len(selected) / 7) > 10
+    assert all(s["weights"].sum() == 7 for s in steps[:-1])
+    assert summary["eif"]["filter_steps"] == len(steps)
+
+
 def test_quantile_control_trains_r_set_of_the_stream(eif_run):
     summary, predictions, _, _ = eif_run
     # Per chunk of m distinct margins, exactly m - 1 - floor((1 - r)(m - 1)) exceed the
@@ -332,6 +348,15 @@ def test_runner_state_is_fresh_and_sized_for_the_batch(tiny_dataset):
     state = runner.initial()
     assert runner.probes == PROBES
     assert len(state["train_queue"]) == 0 and state["train_queue"].items.shape == (2 * M,)
+    # A chunk adds up to M instances to a queue drained below one main batch.
+    small = eif_training.EifRunner(
+        config_lib.resolve(_config(eif_batch_size=5)),
+        tiny_dataset.info,
+        models.create("lenet_slim", 2),
+        tiny_dataset,
+        jax.random.key(0),
+    )
+    assert small.initial()["train_queue"].items.shape == (5 + M,)
     for queue in ("probe_queue", "random_queue"):
         assert state[queue].items.shape == (eif_training.PROBE_QUEUE_BATCHES * PROBES,)
         assert len(state[queue]) == 0
