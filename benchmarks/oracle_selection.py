@@ -5,8 +5,9 @@ The early instance filter predicts, from the image alone, which instances the ma
 network would find hard, and keeps ``r`` of each chunk. This run replaces the filter by an
 oracle: a main-network forward on the whole chunk, keeping the ``round(r * m)``
 instances with the largest loss (``--mode=oracle``), or a random ``round(r * m)`` of them
-(``--mode=random``, the no-skill baseline). Kept instances are packed into full batches as
-in :mod:`edgefilter.eif_training`. Everything else is the paper's LeNet/MNIST setting.
+(``--mode=random``, the no-skill baseline). Kept instances are packed into main steps of
+``--train_batch`` instances (default ``round(r * m)``, one step per chunk), as in
+:mod:`edgefilter.eif_training`. Everything else is the paper's LeNet/MNIST setting.
 The oracle's own forward passes make it no saving; it says how much accuracy a perfect
 ranking at that budget could keep:
 
@@ -33,6 +34,7 @@ from edgefilter import train as train_lib
 flags.DEFINE_enum("mode", "oracle", ["oracle", "random"], "How each chunk's kept part is chosen.")
 flags.DEFINE_float("r", 0.3, "Fraction of each chunk kept (r_set).")
 flags.DEFINE_integer("epochs", 20, "Epochs over the stream.")
+flags.DEFINE_integer("train_batch", None, "Instances per main step (default: round(r * m)).")
 flags.DEFINE_integer("seed", 0, "Seed of the initialisation and the stream order.")
 FLAGS = flags.FLAGS
 
@@ -40,8 +42,12 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     del argv
     dataset, info = data_lib.load("fashion_mnist"), data_lib.info("fashion_mnist")
-    config = config_lib.resolve(config_lib.TrainConfig(model="lenet", dataset="fashion_mnist"))
-    batch = config.batch_size
+    config = config_lib.resolve(
+        config_lib.TrainConfig(
+            model="lenet", dataset="fashion_mnist", r_set=FLAGS.r, eif_batch_size=FLAGS.train_batch
+        )
+    )
+    chunk_size, batch = config.batch_size, config.eif_batch_size
     state = train_lib.create_train_state(
         train_lib.build_model("lenet", info.num_classes),
         train_lib.make_optimizer(config, 10**6),  # Constant lr: the schedule is not used.
@@ -57,14 +63,14 @@ def main(argv: list[str]) -> None:
         logits = state.apply_fn(variables, x, train=False)
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
-    kept_per_chunk = round(FLAGS.r * batch)
+    kept_per_chunk = round(FLAGS.r * chunk_size)
     rng = np.random.default_rng(FLAGS.seed)
     key, ones, history = jax.random.key(FLAGS.seed + 1), np.ones(batch, np.float32), []
-    queue = stream_lib.Queue.empty(2 * batch)  # Drained below one batch after every chunk.
+    queue = stream_lib.Queue.empty(batch + chunk_size)  # Below one batch after every chunk.
     for epoch in range(FLAGS.epochs):
         order = rng.permutation(len(dataset.train_labels))
-        for start in range(0, len(order) - batch + 1, batch):
-            chunk = order[start : start + batch]
+        for start in range(0, len(order) - chunk_size + 1, chunk_size):
+            chunk = order[start : start + chunk_size]
             if FLAGS.mode == "oracle":
                 chunk_losses = losses(
                     state, dataset.train_images[chunk], dataset.train_labels[chunk]
@@ -84,7 +90,13 @@ def main(argv: list[str]) -> None:
         )
         history.append(round(100 * result["test_accuracy"], 2))
         print(f"epoch {epoch + 1}: test accuracy {history[-1]:.2f}%", flush=True)
-    summary = {"mode": FLAGS.mode, "r": FLAGS.r, "seed": FLAGS.seed, "history": history}
+    summary = {
+        "mode": FLAGS.mode,
+        "r": FLAGS.r,
+        "train_batch": batch,
+        "seed": FLAGS.seed,
+        "history": history,
+    }
     print(json.dumps(summary))
 
 
