@@ -37,6 +37,9 @@ flags.DEFINE_string("results_dir", "benchmarks/results", "Where the tables go.")
 flags.DEFINE_float("lenet_epochs", 2.0, "Epochs of Fashion-MNIST for the LeNet table.")
 flags.DEFINE_integer("resnet_instances", 6400, "Instances in the ResNet-20 stream.")
 flags.DEFINE_list("variants", ["sgd", "emp", "eif", "eif_emp"], "Variants to compare.")
+flags.DEFINE_integer(
+    "eif_batch_size", None, "EIF's main-network step size (default: round(r_set * batch))."
+)
 flags.DEFINE_bool("torch", True, "Also time PyTorch CPU eager LeNet SGD (needs torch).")
 FLAGS = flags.FLAGS
 
@@ -56,11 +59,20 @@ def main(argv: list[str]) -> None:
     os.makedirs(FLAGS.results_dir, exist_ok=True)
     sections, payload = [], {"device": str(jax.devices()[0]), "jax": jax.__version__}
     lenet = config_lib.resolve(
-        config_lib.TrainConfig(model="lenet", dataset="fashion_mnist", epochs=FLAGS.lenet_epochs)
+        config_lib.TrainConfig(
+            model="lenet",
+            dataset="fashion_mnist",
+            epochs=FLAGS.lenet_epochs,
+            eif_batch_size=FLAGS.eif_batch_size,
+        )
     )
     resnet = config_lib.resolve(
         config_lib.TrainConfig(
-            model="resnet20", dataset="cifar10", epochs=1.0, checkpoint_every_steps=10**6
+            model="resnet20",
+            dataset="cifar10",
+            epochs=1.0,
+            checkpoint_every_steps=10**6,
+            eif_batch_size=FLAGS.eif_batch_size,
         )
     )
     jobs = [

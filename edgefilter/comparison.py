@@ -44,6 +44,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "eif_random_probes": 0,
         "eif_static_threshold": True,
     },
+    "eif_argmax_unweighted": {
+        "method": "eif",
+        "eif_control": "argmax",
+        "eif_random_probes": 0,
+        "eif_weighted": False,
+    },
     "eif_no_uncertainty": {"method": "eif", "eif_uncertainty": False},
 }
 
