@@ -150,7 +150,7 @@ def train_and_evaluate(
         config.model, info.num_classes, config.bits, policy, config.emp_first_layer
     )
     # The schedule counts the main network's updates: with the filter, about r_set of
-    # the chunks turn into a training batch.
+    # the stream, in steps of eif_batch_size (by default about one step per chunk).
     if config.uses_eif:
         main_steps = -(-int(length * config.r_set) // config.eif_batch_size)
     else:
