@@ -230,15 +230,14 @@ def resolve(config: TrainConfig) -> TrainConfig:
     # The paper's MNIST filter: lr 0.1 decayed to 0.05 after 0.94k iterations.
     paper["filter_lr_decay_steps"] = 940 if family == "mnist" else 0
     filled = {k: v for k, v in paper.items() if getattr(config, k) is None}
-    if not config.eif_uncertainty and config.eif_random_probes == 0:
-        filled["eif_probe_size"] = 0  # Nothing is sampled, so nothing is probed.
     m = config.batch_size or paper["batch_size"]
     # The paper's main network takes one step per stream mini-batch, on the ~R_set * m
     # instances it keeps; packed steps of that size take as many steps as SGD.
-    eif_batch = config.eif_batch_size or max(1, round(config.r_set * m))
-    filled["eif_batch_size"] = eif_batch
-    if config.eif_probe_size is None and "eif_probe_size" not in filled:
-        filled["eif_probe_size"] = max(1, eif_batch // 8)
+    filled["eif_batch_size"] = config.eif_batch_size or max(1, round(config.r_set * m))
+    if not config.eif_uncertainty and config.eif_random_probes == 0:
+        filled["eif_probe_size"] = 0  # Nothing is sampled, so nothing is probed.
+    elif config.eif_probe_size is None:
+        filled["eif_probe_size"] = max(1, filled["eif_batch_size"] // 8)
     if config.eif_label_rate is None:
         filled["eif_label_rate"] = config.r_set  # T_l aims at labelling R_set of the stream H.
     return dataclasses.replace(config, **filled)

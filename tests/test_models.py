@@ -208,19 +208,12 @@ def test_small_kernel_conv_matches_lax_and_its_gradients(x_shape, w_shape, strid
 
 
 def test_small_kernel_conv_leaves_larger_kernels_to_lax():
-    x = jnp.ones((1, 8, 8, 1))
-    w = jnp.ones((5, 5, 1, 20))  # 500 weights, above SMALL_KERNEL_WEIGHTS.
     dn = ("NHWC", "HWIO", "NHWC")
-    text = (
-        jax.jit(lambda x, w: layers.small_kernel_conv(x, w, (1, 1), "VALID", dimension_numbers=dn))
-        .lower(x, w)
-        .as_text()
-    )
-    assert "convolution" in text
-    small = jnp.ones((3, 3, 1, 6))
-    text = (
-        jax.jit(lambda x, w: layers.small_kernel_conv(x, w, (1, 1), "VALID", dimension_numbers=dn))
-        .lower(x, small)
-        .as_text()
-    )
+    lowered = jax.jit(
+        lambda x, w: layers.small_kernel_conv(x, w, (1, 1), "VALID", dimension_numbers=dn)
+    ).lower
+    x = jnp.ones((1, 8, 8, 1))
+    # 500 weights, above SMALL_KERNEL_WEIGHTS.
+    assert "convolution" in lowered(x, jnp.ones((5, 5, 1, 20))).as_text()
+    text = lowered(x, jnp.ones((3, 3, 1, 6))).as_text()
     assert "convolution" not in text and "dot_general" in text

@@ -160,7 +160,7 @@ def small_kernel_conv(
     (tested), and differentiable like any jnp code.
     """
     ones = (1,) * (lhs.ndim - 2)
-    plain = (
+    as_tap_sum = (
         _is_nhwc(dimension_numbers, lhs.ndim)
         and rhs.size <= SMALL_KERNEL_WEIGHTS
         and tuple(lhs_dilation or ones) == ones
@@ -168,7 +168,7 @@ def small_kernel_conv(
         and feature_group_count == 1
         and batch_group_count == 1
     )
-    if not plain:
+    if not as_tap_sum:
         return jax.lax.conv_general_dilated(
             lhs,
             rhs,
