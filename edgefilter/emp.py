@@ -28,11 +28,13 @@ Design notes:
 * **Real savings, static shapes.** ``TopK`` keeps a static number of channels
   ``k = ceil(keep_ratio * n)``: their indices come from :func:`jax.lax.top_k`, the kept
   slices of ``delta`` (output feature axis) and of the kernel (output feature axis) are
-  gathered, Eq. 8 and Eq. 12 are computed by ``jax.vjp`` of the ordinary lax conv on the
-  ``k``-channel operands (so every layout, stride, padding and dilation that lax supports
-  is handled by lax), and the ``k``-channel weight gradient is scattered into a zero
-  kernel gradient. Pruned channels get an exactly zero weight gradient. Both backward
-  convolutions shrink to ``k / n`` of their dense cost.
+  gathered, Eq. 8 and Eq. 12 are computed on the ``k``-channel operands by
+  :func:`edgefilter.conv_backward.conv_vjp` (lax's backward, except that Eq. 8 runs as one
+  GEMM plus an overlap-add where lax's transposed conv would mostly multiply zeros; every
+  layout, stride, padding and dilation that lax supports is handled), and the
+  ``k``-channel weight gradient is scattered into a zero kernel gradient. Pruned channels
+  get an exactly zero weight gradient. Both backward convolutions shrink to ``k / n`` of
+  their dense cost. When every channel is kept the backward is lax's own, bit for bit.
 * **Threshold buckets.** ``Threshold`` keeps the data-dependent set
   ``S_j >= threshold * mean_j(S_j)``, whose size is unknown at trace time. Its count is
   rounded *up* to one of a few static bucket sizes (multiples of ``ceil(n / buckets)``,
@@ -86,6 +88,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from edgefilter import conv_backward
 
 __all__ = [
     "ErrorTransform",
@@ -411,47 +415,30 @@ class _ConvConfig:
 
     policy: Policy
     error_transform: ErrorTransform | None
-    window_strides: tuple[int, ...]
-    padding: str | tuple[tuple[int, int], ...]
-    lhs_dilation: tuple[int, ...] | None
-    rhs_dilation: tuple[int, ...] | None
-    dimension_numbers: lax.ConvDimensionNumbers
-    precision: Any
-    preferred_element_type: Any
+    spec: conv_backward.ConvSpec
 
-
-def _conv(config: _ConvConfig, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
-    return lax.conv_general_dilated(
-        lhs,
-        rhs,
-        config.window_strides,
-        config.padding,
-        lhs_dilation=config.lhs_dilation,
-        rhs_dilation=config.rhs_dilation,
-        dimension_numbers=config.dimension_numbers,
-        precision=config.precision,
-        preferred_element_type=config.preferred_element_type,
-    )
+    @property
+    def dimension_numbers(self) -> lax.ConvDimensionNumbers:
+        return self.spec.dimension_numbers
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _pruned_conv(config: _ConvConfig, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
     """The convolution itself; only its backward differs from lax's."""
-    return _conv(config, lhs, rhs)
+    return config.spec.apply(lhs, rhs)
 
 
 def _pruned_conv_fwd(
     config: _ConvConfig, lhs: jax.Array, rhs: jax.Array
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return _conv(config, lhs, rhs), (lhs, rhs)
+    return config.spec.apply(lhs, rhs), (lhs, rhs)
 
 
 def _dense_vjp(
     config: _ConvConfig, lhs: jax.Array, rhs: jax.Array, delta: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """Eq. 8 and Eq. 12 on all channels: the ordinary lax backward."""
-    _, vjp = jax.vjp(functools.partial(_conv, config), lhs, rhs)
-    return vjp(delta)
+    """Eq. 8 and Eq. 12 on all channels of ``rhs`` (see :func:`conv_backward.conv_vjp`)."""
+    return conv_backward.conv_vjp(config.spec, lhs, rhs, delta)
 
 
 def _keep_along(mask: jax.Array, ndim: int, axis: int) -> jax.Array:
@@ -545,22 +532,12 @@ def _pruned_conv_bwd(
     elif isinstance(policy, Threshold) and policy.threshold > 0.0:
         scores = _scores(rhs, delta, policy.gamma1, policy.gamma2, dn)
         g_lhs, g_rhs = _threshold_vjp(config, policy, lhs, rhs, delta, scores)
-    else:  # every channel is kept: the exact lax backward
-        g_lhs, g_rhs = _dense_vjp(config, lhs, rhs, delta)
+    else:  # every channel is kept: bit-for-bit lax's backward (jax.grad's gradients)
+        g_lhs, g_rhs = conv_backward.lax_vjp(config.spec, lhs, rhs, delta)
     return g_lhs.astype(lhs.dtype), g_rhs.astype(rhs.dtype)
 
 
 _pruned_conv.defvjp(_pruned_conv_fwd, _pruned_conv_bwd)
-
-
-def _normalize_padding(padding: Any) -> str | tuple[tuple[int, int], ...]:
-    if isinstance(padding, str):
-        return padding
-    return tuple((int(lo), int(hi)) for lo, hi in padding)
-
-
-def _optional_tuple(values: Sequence[int] | None) -> tuple[int, ...] | None:
-    return None if values is None else tuple(int(v) for v in values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -602,13 +579,17 @@ class PrunedConv:
         config = _ConvConfig(
             policy=self.policy,
             error_transform=self.error_transform,
-            window_strides=tuple(int(s) for s in window_strides),
-            padding=_normalize_padding(padding),
-            lhs_dilation=_optional_tuple(lhs_dilation),
-            rhs_dilation=_optional_tuple(rhs_dilation),
-            dimension_numbers=_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers),
-            precision=tuple(precision) if isinstance(precision, list) else precision,
-            preferred_element_type=preferred_element_type,
+            spec=conv_backward.ConvSpec.create(
+                lhs.shape,
+                rhs.shape,
+                window_strides,
+                padding,
+                lhs_dilation,
+                rhs_dilation,
+                dimension_numbers,
+                precision,
+                preferred_element_type,
+            ),
         )
         return _pruned_conv(config, lhs, rhs)
 

@@ -12,7 +12,8 @@ Public API:
 * :func:`conv_general_dilated` and :func:`dot_general`: factories returning drop-in
   replacements for :func:`jax.lax.conv_general_dilated` / :func:`jax.lax.dot_general`
   (same arguments), for ``flax.linen.Conv(conv_general_dilated=...)`` and
-  ``flax.linen.Dense(dot_general=...)``. ``bits=32`` returns lax's functions themselves.
+  ``flax.linen.Dense(dot_general=...)``. ``bits=32`` returns lax's ``dot_general`` and
+  :func:`edgefilter.conv_backward.conv_general_dilated` (lax's convolution).
   ``conv_general_dilated(bits, policy=...)`` composes with error map pruning
   (:mod:`edgefilter.emp`).
 * :func:`fake_quantize` (forward quantizer, round to nearest), :func:`fake_quantize_ste`
@@ -131,6 +132,8 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from edgefilter import conv_backward
 
 if TYPE_CHECKING:
     from edgefilter import emp
@@ -384,7 +387,8 @@ class QuantizedConv:
 
     Forward: ``conv(Q(lhs), Q(rhs))`` with :func:`fake_quantize_ste` on both operands.
     Backward: the output error is quantized by ``ErrorQuantizer(bits, seed)``; without a
-    policy the rest is lax's backward (on the quantized residuals), with a policy it is
+    policy the rest is :func:`edgefilter.conv_backward.conv_vjp` (on the quantized
+    residuals), with a policy it is
     EMP's pruned backward, which applies the quantizer as its ``error_transform`` before
     scoring the channels. Made by :func:`conv_general_dilated`; frozen and hashable.
     """
@@ -401,7 +405,7 @@ class QuantizedConv:
         """Same arguments as :func:`jax.lax.conv_general_dilated` (forwarded as given)."""
         lhs, rhs = _quantize_operands(lhs, rhs, self.bits)
         if self.policy is None:
-            out = lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
+            out = conv_backward.conv_general_dilated(lhs, rhs, *args, **kwargs)
             return quantize_cotangent(self.error_quantizer, out)
         # Imported here so that quant does not depend on emp unless EMP is used.
         from edgefilter import emp
@@ -439,8 +443,10 @@ def conv_general_dilated(
     """A ``bits``-bit training replacement for :func:`jax.lax.conv_general_dilated`.
 
     Args:
-      bits: one of :data:`SUPPORTED_BITS`. ``32`` returns ``jax.lax.conv_general_dilated``
-        itself (or ``emp.conv_general_dilated(policy)`` when a policy is given).
+      bits: one of :data:`SUPPORTED_BITS`. ``32`` returns
+        :func:`edgefilter.conv_backward.conv_general_dilated` (lax's convolution, its
+        error propagation computed as GEMM + overlap-add where that is cheaper), or
+        ``emp.conv_general_dilated(policy)`` when a policy is given.
       policy: optional EMP policy (``emp.TopK`` / ``emp.Threshold``). The forward then
         quantizes the operands and calls
         ``emp.conv_general_dilated(policy, error_transform=ErrorQuantizer(bits, seed))``,
@@ -454,7 +460,7 @@ def conv_general_dilated(
     bits = _check_bits(bits)
     if bits == FULL_PRECISION:
         if policy is None:
-            return lax.conv_general_dilated
+            return conv_backward.conv_general_dilated
         from edgefilter import emp
 
         return emp.conv_general_dilated(policy)

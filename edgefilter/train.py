@@ -179,11 +179,13 @@ def build_model(
 ) -> nn.Module:
     """Model ``name`` whose convs prune error maps (``policy``) and compute in ``bits``.
 
-    At 32 bits without a policy these are lax's own primitives, except that a first conv
-    with a tiny kernel runs as a sum over taps (``models.layers.small_kernel_conv``,
-    same values); see :mod:`edgefilter.emp` and :mod:`edgefilter.quant` for what the
-    others do. The first conv layer's backward stays dense unless ``prune_first_layer``
-    (see :mod:`edgefilter.emp`, "First layer").
+    At 32 bits without a policy these are lax's own primitives, except that convs compute
+    their error propagation by :mod:`edgefilter.conv_backward` (GEMM + overlap-add where
+    that is cheaper) and a first conv with a tiny kernel runs as a sum over taps
+    (``models.layers.small_kernel_conv``); the values are lax's either way. See
+    :mod:`edgefilter.emp` and :mod:`edgefilter.quant` for what the others do. The first
+    conv layer's backward stays dense unless ``prune_first_layer`` (see
+    :mod:`edgefilter.emp`, "First layer").
     """
     conv = quant.conv_general_dilated(bits, policy=policy)
     if prune_first_layer:

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from edgefilter import emp
+from edgefilter import conv_backward, emp
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -344,13 +344,7 @@ def test_threshold_bucket_branch_flops():
     cfg = emp._ConvConfig(
         policy=policy,
         error_transform=None,
-        window_strides=(1, 1),
-        padding="SAME",
-        lhs_dilation=None,
-        rhs_dilation=None,
-        dimension_numbers=dn,
-        precision=None,
-        preferred_element_type=None,
+        spec=conv_backward.ConvSpec.create(x.shape, w.shape, (1, 1), "SAME", None, None, dn),
     )
     n = w.shape[-1]
     sizes = policy.bucket_sizes(n)

@@ -15,7 +15,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from edgefilter import quant
+from edgefilter import conv_backward, quant
 
 # Few, small examples: the suite shares two cores with other work.
 FAST = settings(max_examples=40, deadline=None)
@@ -75,8 +75,8 @@ def _loss(model: nn.Module, params, x: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------------------
 
 
-def test_32_bits_returns_lax_functions_themselves():
-    assert quant.conv_general_dilated(32) is lax.conv_general_dilated
+def test_32_bits_returns_full_precision_functions():
+    assert quant.conv_general_dilated(32) is conv_backward.conv_general_dilated
     assert quant.dot_general(32) is lax.dot_general
     x = jnp.arange(5.0)
     assert quant.fake_quantize(x, 32) is x
