@@ -24,7 +24,6 @@ from absl import app, flags
 
 from edgefilter import config as config_lib
 from edgefilter import data as data_lib
-from edgefilter import models
 from edgefilter import train as train_lib
 
 flags.DEFINE_integer("batch_size", 64, "Mini-batch size.")
@@ -48,7 +47,7 @@ def jax_round_factory(batch_size: int, steps: int):
         config_lib.TrainConfig(model="lenet", dataset="fashion_mnist", batch_size=batch_size)
     )
     info = data_lib.info("fashion_mnist")
-    model = models.create("lenet", 10)
+    model = train_lib.build_model("lenet", 10)  # what experiments.train trains
     state = train_lib.create_train_state(
         model, train_lib.make_optimizer(config, 10**6), jax.random.key(0), info.image_shape
     )

@@ -1,5 +1,7 @@
 """Tests of edgefilter.models: architectures, parameter counts and pluggable primitives."""
 
+import functools
+
 import chex
 import flax.linen as nn
 import jax
@@ -217,3 +219,56 @@ def test_small_kernel_conv_leaves_larger_kernels_to_lax():
     assert "convolution" in lowered(x, jnp.ones((5, 5, 1, 20))).as_text()
     text = lowered(x, jnp.ones((3, 3, 1, 6))).as_text()
     assert "convolution" not in text and "dot_general" in text
+
+
+@pytest.mark.parametrize("shape", [(8, 6, 6, 16), (3, 5, 7, 3), (4, 300)])
+def test_batch_norm_matches_flax_batch_norm(shape):
+    """Outputs, running statistics and gradients of flax's BatchNorm (train and eval)."""
+    x = 2.0 + 3.0 * jax.random.normal(jax.random.key(0), shape)
+    ours, flax_bn = layers.batch_norm(True), nn.BatchNorm(False, momentum=0.9, epsilon=1e-5)
+    variables = flax_bn.init(jax.random.key(1), x)
+    chex.assert_trees_all_equal_shapes_and_dtypes(ours.init(jax.random.key(1), x), variables)
+    params = {"scale": jnp.linspace(0.5, 1.5, shape[-1]), "bias": jnp.linspace(-1, 1, shape[-1])}
+    variables = {"params": params, "batch_stats": variables["batch_stats"]}
+
+    def loss(module, params, x):
+        y, updates = module.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            x,
+            mutable=["batch_stats"],
+        )
+        return jnp.sum(jnp.sin(y) * x), (y, updates)
+
+    (_, (y, stats)), grads = jax.value_and_grad(functools.partial(loss, ours), (0, 1), True)(
+        params, x
+    )
+    (_, (y_ref, stats_ref)), grads_ref = jax.value_and_grad(
+        functools.partial(loss, flax_bn), (0, 1), True
+    )(params, x)
+    np.testing.assert_allclose(y, y_ref, atol=1e-5)
+    chex.assert_trees_all_close(stats, stats_ref, atol=1e-6)
+    chex.assert_trees_all_close(grads, grads_ref, rtol=1e-4, atol=1e-4)
+    evaluation = {"params": params, "batch_stats": stats["batch_stats"]}
+    np.testing.assert_allclose(
+        layers.batch_norm(False).apply(evaluation, x),
+        nn.BatchNorm(True, epsilon=1e-5).apply(evaluation, x),
+        atol=1e-5,
+    )
+
+
+def test_batch_norm_sums_on_the_folded_view():
+    """The compiled train step's per-channel sums reduce [rows / g, g * C], not [N, H, W, C]."""
+    x = jnp.ones((8, 8, 8, 16))
+    bn = layers.batch_norm(True)
+    variables = bn.init(jax.random.key(0), x)
+
+    def grads(params, x):
+        def loss(params, x):
+            y, _ = bn.apply({**variables, "params": params}, x, mutable=["batch_stats"])
+            return jnp.sum(y * y)
+
+        return jax.grad(loss, (0, 1))(params, x)
+
+    text = jax.jit(grads).lower(variables["params"], x).as_text()
+    assert "tensor<32x256xf32>" in text  # 512 rows of 16 channels, 16 to a folded row
+    assert "dimensions = [0, 1, 2]" not in text  # no reduction over N, H, W
