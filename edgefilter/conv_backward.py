@@ -6,22 +6,25 @@ convolution) and the weight gradient ``g_W = a * delta`` (Eq. 12). XLA computes 
 a convolution over every *input* position, with ``delta`` dilated by the stride and
 padded by ``k - 1``, so when the input has many more positions than the output most of its
 multiply-accumulates hit zeros: LeNet's second conv (5x5, 12x12 -> 8x8) runs 2.25x the
-real work, a stride-2 conv about 4x. On XLA:CPU those convolutions were also slow per MAC
-(Eigen, 2-core x86-64, jaxlib 0.10):
+real work, a stride-2 conv about 4x. On XLA:CPU those convolutions are also slow per
+MAC (Eigen). Error propagation alone, 2-core x86-64, jaxlib 0.10, median of repeated
+calls (the stride-2 timings varied by 1.5x between runs; lax was slower in every one):
 
-  error propagation, batch 64/128            lax      GEMM + overlap-add
-  LeNet conv2, 5x5x20x50, 12x12 -> 8x8      3.9 ms       1.9 ms
-  ResNet-20, 3x3x16x32 stride 2, 32 -> 16   6.2 ms       (see benchmarks)
+  layer (batch)                                     lax       here
+  LeNet conv2, 5x5x20x50, 12x12 -> 8x8 (64)        3.8 ms    1.4-1.7 ms
+  LeNet conv2, the same, 19 instances              1.3 ms    0.5-0.6 ms
+  ResNet-20, 3x3x16x32, stride 2, 32 -> 16 (128)   5.3 ms    3.1-4.7 ms
 
 Here Eq. 8 is computed over the *output* positions instead: one GEMM
 ``P = delta @ W^T`` gives, for every output position, the ``kh * kw * c_in`` input-error
 contributions of its window (no zeros are multiplied), and an overlap-add ("col2im")
 sums each tap's ``[N, oh, ow, c_in]`` slice of ``P`` into the input error at its offset.
-The overlap-add is written as ``kh * kw`` in-place ``dynamic_update_slice`` additions on
-a stride-phase view of the padded input error, so every slice is unit-stride: written as
-a sum of ``kh * kw`` padded arrays instead, XLA:CPU fused it well on its own but, inside a
-whole train step, split it into one full-size pad per tap, which made LeNet's step slower
-than with lax (16 ms against 13 ms).
+The overlap-add runs on a stride-phase view of the padded input error, where every tap's
+slice is unit-stride: each kernel row's ``kw`` taps are padded into place and summed (one
+fusion), and the row is added in place with ``dynamic_update_slice``. Written as one sum
+of ``kh * kw`` padded arrays, XLA:CPU fused it well on its own but, inside a whole train
+step, split it into one full-size pad per tap, and LeNet's step got slower than with lax
+(16 ms against 13 ms); one in-place update per tap made it 11.5-12 ms; per row, 10.2-10.5.
 
 :func:`uses_gemm` decides per layer: the GEMM form is used when the input has at least
 ``GEMM_MIN_WASTE`` times as many positions as the output (so lax's form would spend at
