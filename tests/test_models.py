@@ -183,6 +183,22 @@ def test_max_pool_2x2_matches_flax_max_pool_and_its_gradient(shape):
     chex.assert_trees_all_close(jax.grad(ours)(x), jax.grad(reference)(x))
 
 
+def test_max_pool_2x2_ties_and_jit_match_flax():
+    """Ties (ReLU zeros, repeated values): the whole gradient goes where flax sends it."""
+    x = jnp.array(
+        [[1.0, 1.0, 0.0, 2.0, 5.0], [0.0, 1.0, 2.0, 2.0, 5.0], [3.0, 0.0, 0.0, 0.0, 1.0]]
+    )[None, :, :, None] * jnp.array([1.0, -1.0])  # two channels: ties among maxima and zeros
+    x = jax.nn.relu(x)
+    g = jnp.array([[[[1.0, 2.0], [3.0, 4.0]]]])
+
+    def pullback(pool):
+        return jax.jit(lambda x: jax.vjp(pool, x)[1](g)[0])(x)
+
+    reference = pullback(lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))
+    np.testing.assert_array_equal(pullback(layers.max_pool_2x2), reference)
+    assert float(jnp.sum(reference)) == float(jnp.sum(g))  # not split between tied inputs
+
+
 @pytest.mark.parametrize(
     "x_shape, w_shape, strides, padding",
     [
