@@ -33,8 +33,9 @@ Design notes:
   GEMM plus an overlap-add where lax's transposed conv would mostly multiply zeros; every
   layout, stride, padding and dilation that lax supports is handled), and the
   ``k``-channel weight gradient is scattered into a zero kernel gradient. Pruned channels
-  get an exactly zero weight gradient. Both backward convolutions shrink to ``k / n`` of
-  their dense cost. When every channel is kept the backward is lax's own, bit for bit.
+  get an exactly zero weight gradient. The multiply-accumulates of both backward
+  convolutions shrink to ``k / n`` (the GEMM form's overlap-add, ``c_in`` wide, does
+  not). When every channel is kept the backward is lax's own, bit for bit.
 * **Threshold buckets.** ``Threshold`` keeps the data-dependent set
   ``S_j >= threshold * mean_j(S_j)``, whose size is unknown at trace time. Its count is
   rounded *up* to one of a few static bucket sizes (multiples of ``ceil(n / buckets)``,
