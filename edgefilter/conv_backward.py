@@ -83,6 +83,8 @@ class ConvSpec:
     dimension_numbers: lax.ConvDimensionNumbers
     precision: Any
     preferred_element_type: Any
+    feature_group_count: int = 1
+    batch_group_count: int = 1
 
     @classmethod
     def create(
@@ -96,6 +98,9 @@ class ConvSpec:
         dimension_numbers: Any = None,
         precision: Any = None,
         preferred_element_type: Any = None,
+        *,
+        feature_group_count: int = 1,
+        batch_group_count: int = 1,
     ) -> ConvSpec:
         """Normalises lax's arguments (tuples, parsed dimension numbers) into a spec."""
 
@@ -114,6 +119,8 @@ class ConvSpec:
             ),
             precision=tuple(precision) if isinstance(precision, list) else precision,
             preferred_element_type=preferred_element_type,
+            feature_group_count=int(feature_group_count),
+            batch_group_count=int(batch_group_count),
         )
 
     def apply(self, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
@@ -126,6 +133,8 @@ class ConvSpec:
             lhs_dilation=self.lhs_dilation,
             rhs_dilation=self.rhs_dilation,
             dimension_numbers=self.dimension_numbers,
+            feature_group_count=self.feature_group_count,
+            batch_group_count=self.batch_group_count,
             precision=self.precision,
             preferred_element_type=self.preferred_element_type,
         )
@@ -146,11 +155,14 @@ class ConvSpec:
 def uses_gemm(spec: ConvSpec, lhs_shape: Sequence[int], rhs_shape: Sequence[int]) -> bool:
     """Whether :func:`conv_vjp` computes Eq. 8 of this layer as GEMM + overlap-add.
 
-    True for a 2-D NHWC/HWIO convolution without dilation and with non-negative padding
-    whose input has at least ``GEMM_MIN_WASTE`` times as many spatial positions as its
-    output (lax's transposed convolution would multiply zeros at least half the time).
+    True for an ungrouped 2-D NHWC/HWIO convolution without dilation, with non-negative
+    padding, whose input has at least ``GEMM_MIN_WASTE`` times as many spatial positions
+    as its output (lax's transposed convolution would multiply zeros at least half the
+    time).
     """
     ones = (1, 1)
+    if spec.feature_group_count != 1 or spec.batch_group_count != 1:
+        return False
     if len(lhs_shape) != 4 or spec.dimension_numbers != lax.conv_dimension_numbers(
         tuple(lhs_shape), tuple(rhs_shape), _NHWC
     ):
@@ -304,23 +316,9 @@ def conv_general_dilated(
         dimension_numbers,
         precision,
         preferred_element_type,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
     )
-    if (
-        feature_group_count != 1
-        or batch_group_count != 1
-        or not uses_gemm(spec, lhs.shape, rhs.shape)
-    ):
-        return lax.conv_general_dilated(
-            lhs,
-            rhs,
-            window_strides,
-            padding,
-            lhs_dilation,
-            rhs_dilation,
-            dimension_numbers,
-            feature_group_count,
-            batch_group_count,
-            precision,
-            preferred_element_type,
-        )
+    if not uses_gemm(spec, lhs.shape, rhs.shape):
+        return spec.apply(lhs, rhs)
     return _conv(spec, lhs, rhs)

@@ -425,13 +425,6 @@ def _pruned_conv_fwd(
     return config.spec.apply(lhs, rhs), (lhs, rhs)
 
 
-def _dense_vjp(
-    config: _ConvConfig, lhs: jax.Array, rhs: jax.Array, delta: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """Eq. 8 and Eq. 12 on all channels of ``rhs`` (see :func:`conv_backward.conv_vjp`)."""
-    return conv_backward.conv_vjp(config.spec, lhs, rhs, delta)
-
-
 def _keep_along(mask: jax.Array, ndim: int, axis: int) -> jax.Array:
     """Reshapes a ``[c]`` mask to broadcast along ``axis`` of an ``ndim`` array."""
     shape = [1] * ndim
@@ -459,7 +452,7 @@ def _gathered_vjp(
     if keep is not None:
         live = _keep_along(keep[idx], delta_k.ndim, out_axis)
         delta_k = jnp.where(live, delta_k, jnp.zeros((), delta_k.dtype))
-    g_lhs, g_rhs_k = _dense_vjp(config, lhs, rhs_k, delta_k)
+    g_lhs, g_rhs_k = conv_backward.conv_vjp(config.spec, lhs, rhs_k, delta_k)
     where = (slice(None),) * rhs_axis + (idx,)
     g_rhs = jnp.zeros(rhs.shape, g_rhs_k.dtype).at[where].set(g_rhs_k, unique_indices=True)
     return g_lhs, g_rhs
@@ -485,7 +478,8 @@ def _threshold_vjp(
 
     def masked_dense(_):
         live = _keep_along(keep, delta.ndim, dn.out_spec[1])
-        return _dense_vjp(config, lhs, rhs, jnp.where(live, delta, jnp.zeros((), delta.dtype)))
+        masked = jnp.where(live, delta, jnp.zeros((), delta.dtype))
+        return conv_backward.conv_vjp(config.spec, lhs, rhs, masked)
 
     def gathered(k: int) -> Callable[[Any], tuple[jax.Array, jax.Array]]:
         return lambda _: _gathered_vjp(config, lhs, rhs, delta, order[:k], keep)
