@@ -181,7 +181,7 @@ def build_model(
 
     At 32 bits without a policy these are lax's own primitives, except that convs compute
     their error propagation by :mod:`edgefilter.conv_backward` (GEMM + overlap-add where
-    that is cheaper) and a first conv with a tiny kernel runs as a sum over taps
+    that is cheaper) and a first conv with a tiny kernel runs as one im2col matmul
     (``models.layers.small_kernel_conv``); the values are lax's either way. See
     :mod:`edgefilter.emp` and :mod:`edgefilter.quant` for what the others do. The first
     conv layer's backward stays dense unless ``prune_first_layer`` (see
@@ -190,7 +190,7 @@ def build_model(
     conv = quant.conv_general_dilated(bits, policy=policy)
     if prune_first_layer:
         first = conv
-    elif bits == quant.FULL_PRECISION:  # Tiny first kernels (the MNIST filter's) as tap sums.
+    elif bits == quant.FULL_PRECISION:  # Tiny first kernels (the MNIST filter's) as im2col.
         first = small_kernel_conv
     else:
         first = quant.conv_general_dilated(bits)

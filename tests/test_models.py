@@ -220,9 +220,13 @@ def test_small_kernel_conv_matches_lax_and_its_gradients(x_shape, w_shape, strid
         return f
 
     (_, y_ref), g_ref = jax.value_and_grad(loss(jax.lax.conv_general_dilated), (0, 1), True)(x, w)
+    # Differentiated: the im2col forward and its custom backward.
     (_, y), g = jax.value_and_grad(loss(layers.small_kernel_conv), (0, 1), True)(x, w)
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
     chex.assert_trees_all_close(g, g_ref, rtol=1e-4, atol=1e-4)
+    # Value only: the tap sum.
+    y_value = jax.jit(loss(layers.small_kernel_conv))(x, w)[1]
+    np.testing.assert_allclose(y_value, y_ref, rtol=1e-5, atol=1e-5)
 
 
 def test_small_kernel_conv_leaves_larger_kernels_to_lax():
