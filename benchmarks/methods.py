@@ -13,7 +13,10 @@ One command, one process, one machine:
 Each table row comes from ``edgefilter.comparison`` (see its docstring for the columns):
 the counted reduction is analytic (MACs), the measured reduction is
 ``1 - train time / SGD's train time`` with evaluation, checkpointing and compilation
-excluded. Results go to ``benchmarks/results/methods.{md,json}`` (``--results_dir``).
+excluded. The whole sequence of variants runs ``--repeats`` times (default 3, about 15
+minutes on 2 CPU cores) and each variant's row is its median run
+(``comparison.median_of_repeats``): on a shared machine one run's times can drift by
+15% from the next. Results go to ``benchmarks/results/methods.{md,json}`` (``--results_dir``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ flags.DEFINE_integer("resnet_instances", 6400, "Instances in the ResNet-20 strea
 flags.DEFINE_list("variants", ["sgd", "emp", "eif", "eif_emp"], "Variants to compare.")
 flags.DEFINE_integer(
     "eif_batch_size", None, "EIF's main-network step size (default: round(r_set * batch))."
+)
+flags.DEFINE_integer(
+    "repeats", 3, "Runs of the whole sequence of variants; the tables give median times."
 )
 flags.DEFINE_bool("torch", True, "Also time PyTorch CPU eager LeNet SGD (needs torch).")
 FLAGS = flags.FLAGS
@@ -83,10 +89,15 @@ def main(argv: list[str]) -> None:
         workdir = os.path.join(FLAGS.workdir, name)
         if os.path.exists(workdir):  # Fresh runs: a resumed run would time nothing.
             shutil.rmtree(workdir)
-        os.makedirs(workdir)
-        rows = comparison.compare(base, FLAGS.variants, workdir, dataset, show_progress=False)
-        with open(os.path.join(workdir, "comparison.md")) as f:
-            sections.append(f"### {name}\n\n{f.read()}")
+        repeats = [
+            comparison.compare(
+                base, FLAGS.variants, os.path.join(workdir, f"run{i}"), dataset, False
+            )
+            for i in range(FLAGS.repeats)
+        ]
+        rows = comparison.median_of_repeats(repeats)
+        markdown = comparison.write_table(rows, base, workdir)
+        sections.append(f"### {name}\n\n{markdown}")
         payload[name] = rows
     if FLAGS.torch:
         try:

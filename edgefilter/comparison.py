@@ -139,6 +139,31 @@ def add_measured_reduction(rows: list[dict[str, Any]]) -> None:
         r["measured_over_counted"] = measured / counted if comparable else None
 
 
+def median_of_repeats(repeats: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per variant from repeated runs of the same variants, in the same order.
+
+    Each variant's row is its run with the median train time (the lower one of an even
+    count, so that every number in it comes from one run), with ``train_times_s`` listing
+    every run's time and ``peak_rss_mib`` the largest; measured reductions are recomputed
+    from the median rows. Repeating the sequence of variants, rather than each variant,
+    spreads a machine's slow spells over all of them.
+    """
+    rows = []
+    for runs in zip(*repeats, strict=True):
+        if len({r["variant"] for r in runs}) != 1:
+            raise ValueError(f"repeats disagree on the variant: {[r['variant'] for r in runs]}")
+        by_time = sorted(runs, key=lambda r: r["train_time_s"])
+        rows.append(
+            {
+                **by_time[(len(by_time) - 1) // 2],
+                "train_times_s": [r["train_time_s"] for r in runs],
+                "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+            }
+        )
+    add_measured_reduction(rows)
+    return rows
+
+
 def merge(workdirs: list[str], out: str) -> str:
     """One table from the ``comparison.json`` of several workdirs run on the same stream.
 
@@ -180,6 +205,13 @@ def write_table(rows: list[dict[str, Any]], base: config_lib.TrainConfig, workdi
             f"| {_fmt(r['measured_over_counted'], '.2f')} | {r['train_time_s']:.1f} "
             f"| {r['images_per_s']:.0f} | {r['peak_rss_mib']:.0f} |"
         )
+    if any("train_times_s" in r for r in rows):
+        lines += ["", "Train time of every run (s), the median in the table:", ""]
+        lines += [
+            f"* {r['variant']}: " + ", ".join(f"{t:.1f}" for t in r["train_times_s"])
+            for r in rows
+            if "train_times_s" in r
+        ]
     markdown = "\n".join(lines) + "\n"
     with open(os.path.join(workdir, "comparison.md"), "w") as f:
         f.write(markdown)

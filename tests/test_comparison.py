@@ -80,3 +80,28 @@ def test_every_variant_is_a_valid_config():
     for name, overrides in comparison.VARIANTS.items():
         config = config_lib.resolve(config_lib.TrainConfig(**{**vars(base), **overrides}))
         assert config.method in ("sgd", "emp", "eif", "eif_emp"), name
+
+
+def test_median_of_repeats_takes_each_variants_median_run(tmp_path: pathlib.Path):
+    def run(sgd_seconds: float, eif_seconds: float, peak: int) -> list[dict]:
+        return [
+            comparison.row("sgd", _summary(0.9, 1000, 0.0, sgd_seconds), peak * 2**20),
+            comparison.row("eif", _summary(0.9, 300, 0.6, eif_seconds), peak * 2**20),
+        ]
+
+    repeats = [run(40.0, 30.0, 5), run(50.0, 10.0, 9), run(44.0, 20.0, 7)]
+    rows = comparison.median_of_repeats(repeats)
+    assert [r["train_time_s"] for r in rows] == [44.0, 20.0]
+    assert rows[1]["train_times_s"] == [30.0, 10.0, 20.0]
+    assert rows[1]["images_per_s"] == 1000 / 20.0  # from the same (median) run
+    assert rows[1]["peak_rss_mib"] == 9.0
+    assert rows[1]["measured_reduction"] == pytest.approx(1 - 20 / 44)
+    assert rows[1]["measured_over_counted"] == pytest.approx((1 - 20 / 44) / 0.6)
+    even = comparison.median_of_repeats([run(40.0, 30.0, 1), run(50.0, 10.0, 1)])
+    assert [r["train_time_s"] for r in even] == [40.0, 10.0]  # the lower of the middle two
+    markdown = comparison.write_table(
+        rows, config_lib.TrainConfig(model="lenet", dataset="fashion_mnist"), str(tmp_path)
+    )
+    assert "* eif: 30.0, 10.0, 20.0" in markdown
+    with pytest.raises(ValueError, match="disagree on the variant"):
+        comparison.median_of_repeats([run(1.0, 1.0, 1), list(reversed(run(1.0, 1.0, 1)))])
