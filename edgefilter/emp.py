@@ -539,17 +539,18 @@ def _pruned_conv_bwd(
     policy = config.policy
     dn = config.dimension_numbers
     n = rhs.shape[dn.rhs_spec[0]]
-    if isinstance(policy, TopK) and policy.num_kept(n) < n:
-        delta = _own_buffer(delta, rhs)
-        scores = _scores(rhs, delta, policy.gamma1, policy.gamma2, dn)
+    topk = isinstance(policy, TopK) and policy.num_kept(n) < n
+    threshold = isinstance(policy, Threshold) and policy.threshold > 0.0
+    if not (topk or threshold):  # every channel is kept: bit-for-bit lax's backward
+        g_lhs, g_rhs = conv_backward.lax_vjp(config.spec, lhs, rhs, delta)
+        return g_lhs.astype(lhs.dtype), g_rhs.astype(rhs.dtype)
+    delta = _own_buffer(delta, rhs)
+    scores = _scores(rhs, delta, policy.gamma1, policy.gamma2, dn)
+    if topk:
         _, idx = lax.top_k(scores, policy.num_kept(n))
         g_lhs, g_rhs = _gathered_vjp(config, lhs, rhs, delta, idx)
-    elif isinstance(policy, Threshold) and policy.threshold > 0.0:
-        delta = _own_buffer(delta, rhs)
-        scores = _scores(rhs, delta, policy.gamma1, policy.gamma2, dn)
+    else:
         g_lhs, g_rhs = _threshold_vjp(config, policy, lhs, rhs, delta, scores)
-    else:  # every channel is kept: bit-for-bit lax's backward (jax.grad's gradients)
-        g_lhs, g_rhs = conv_backward.lax_vjp(config.spec, lhs, rhs, delta)
     return g_lhs.astype(lhs.dtype), g_rhs.astype(rhs.dtype)
 
 

@@ -230,34 +230,30 @@ def _im2col(x: jax.Array, kernel_hw: tuple[int, int], strides: tuple[int, int]) 
     return jnp.concatenate(_taps(x, kernel_hw, strides), axis=-1)
 
 
+def _channel_matmul(x: jax.Array, w: jax.Array, precision: Any, out_dtype: Any) -> jax.Array:
+    """``[N, H, W, C] @ [C, O] -> [N, H, W, O]``."""
+    return jax.lax.dot_general(
+        x, w, (((3,), (0,)), ((), ())), precision=precision, preferred_element_type=out_dtype
+    )
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _tiny_valid_conv(
     x: jax.Array, w: jax.Array, strides: tuple[int, int], precision: Any, out_dtype: Any
 ) -> jax.Array:
-    dot = functools.partial(
-        jax.lax.dot_general,
-        dimension_numbers=(((3,), (0,)), ((), ())),
-        precision=precision,
-        preferred_element_type=out_dtype,
-    )
-    out = None
-    for tap, w_tap in zip(_taps(x, w.shape[:2], strides), w.reshape(-1, *w.shape[2:]), strict=True):
-        term = dot(tap, w_tap)
-        out = term if out is None else out + term
-    return out
+    taps = _taps(x, w.shape[:2], strides)
+    terms = [
+        _channel_matmul(tap, w_tap, precision, out_dtype)
+        for tap, w_tap in zip(taps, w.reshape(-1, *w.shape[2:]), strict=True)
+    ]
+    return sum(terms[1:], terms[0])
 
 
 def _tiny_valid_conv_fwd(
     x: jax.Array, w: jax.Array, strides: tuple[int, int], precision: Any, out_dtype: Any
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
     patches = _im2col(x, w.shape[:2], strides)
-    out = jax.lax.dot_general(
-        patches,
-        w.reshape(-1, w.shape[-1]),
-        (((3,), (0,)), ((), ())),
-        precision=precision,
-        preferred_element_type=out_dtype,
-    )
+    out = _channel_matmul(patches, w.reshape(-1, w.shape[-1]), precision, out_dtype)
     return out, (patches, x, w)
 
 
