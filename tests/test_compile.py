@@ -56,3 +56,35 @@ def test_jit_passes_its_arguments_through() -> None:
         lambda x: x + 1, compiler_options={"xla_cpu_enable_fast_math": False}
     )
     assert explicit(jnp.zeros(2)).tolist() == [1.0, 1.0]
+
+
+def test_fusion_emitters_off_adds_its_option_on_cpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert compile_lib.compiler_options("cpu", fusion_emitters=False) == {
+        "xla_cpu_experimental_ynn_fusion_type": "",
+        "xla_cpu_use_fusion_emitters": False,
+    }
+    assert compile_lib.compiler_options("gpu", fusion_emitters=False) == {}
+
+
+def test_xla_flags_win_option_by_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=true")
+    assert compile_lib.compiler_options("cpu", fusion_emitters=False) == {
+        "xla_cpu_experimental_ynn_fusion_type": ""
+    }
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU option")
+def test_without_fusion_emitters_the_same_values() -> None:
+    # The filter's first layer: a tap-sum conv, ReLU and 2x2 max pooling, one fusion.
+    from edgefilter.models import layers
+
+    def block(x: jax.Array, w: jax.Array) -> jax.Array:
+        y = layers.small_kernel_conv(x, w, (1, 1), "VALID", dimension_numbers=DN)
+        return layers.max_pool_2x2(jax.nn.relu(y))
+
+    x = jax.random.normal(jax.random.key(0), (8, 28, 28, 1))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 1, 6))
+    legacy = compile_lib.jit(block, fusion_emitters=False)
+    # XLA accepts the option (an unknown one fails to compile) and computes the same.
+    np.testing.assert_allclose(legacy(x, w), compile_lib.jit(block)(x, w), rtol=1e-6)

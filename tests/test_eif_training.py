@@ -362,3 +362,38 @@ def test_runner_state_is_fresh_and_sized_for_the_batch(tiny_dataset):
         assert len(state[queue]) == 0
     assert int(state["skipped_probes"]) == 0
     assert float(state["filter"].threshold) == config.init_threshold
+
+
+def test_predict_step_is_compiled_without_fusion_emitters_and_predicts_the_same(
+    tiny_dataset, monkeypatch
+):
+    info = tiny_dataset.info
+    config = config_lib.resolve(config_lib.TrainConfig(dataset="fashion_mnist", method="eif"))
+    fconfig = config_lib.filter_config(config)
+    fstate = instance_filter.init(
+        models.create("lenet_slim", 2),
+        eif_training.filter_optimizer(config),
+        jax.random.key(1),
+        info.image_shape,
+        fconfig,
+    )
+    jit_options = []
+    real_jit = eif_training.compile_lib.jit
+
+    def spy(fun, **kwargs):
+        jit_options.append(kwargs.get("fusion_emitters", True))
+        return real_jit(fun, **kwargs)
+
+    monkeypatch.setattr(eif_training.compile_lib, "jit", spy)
+    predict = eif_training.make_predict_step(info, fconfig)
+    assert jit_options == [False]
+
+    images = tiny_dataset.train_images[:32]
+    valid = np.arange(32) < 30
+    x = data_lib.normalize(images, info)
+    want_state, want = jax.jit(instance_filter.predict, static_argnums=3)(fstate, x, valid, fconfig)
+    got_state, got = predict(jax.tree.map(jnp.copy, fstate), images, valid)
+    np.testing.assert_array_equal(got.pred_high, want.pred_high)
+    np.testing.assert_array_equal(got.uncertain, want.uncertain)
+    np.testing.assert_allclose(got.entropy, want.entropy, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(got_state, want_state, rtol=1e-5)
