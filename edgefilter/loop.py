@@ -111,6 +111,34 @@ def _stream_length(config: config_lib.TrainConfig, num_train: int) -> int:
     return int(round(config.epochs * num_train))
 
 
+def build_runner(
+    config: config_lib.TrainConfig, dataset: data_lib.Dataset, length: int
+) -> tuple[SgdRunner | eif_training.EifRunner, train_lib.TrainState]:
+    """The runner for ``config.method`` and the main network's fresh train state.
+
+    ``config`` must be resolved; ``length`` is the number of streamed instances, which
+    sets the learning-rate schedule's step count.
+    """
+    info = dataset.info
+    policy = train_lib.emp_policy(config)
+    model = train_lib.build_model(
+        config.model, info.num_classes, config.bits, policy, config.emp_first_layer
+    )
+    # The schedule counts the main network's updates: with the filter, about r_set of
+    # the stream, in steps of eif_batch_size (by default about one step per chunk).
+    if config.uses_eif:
+        main_steps = -(-int(length * config.r_set) // config.eif_batch_size)
+    else:
+        main_steps = -(-length // config.batch_size)
+    tx = train_lib.make_optimizer(config, main_steps)
+    root, init_key = jax.random.split(jax.random.key(config.seed))
+    state = train_lib.create_train_state(model, tx, init_key, info.image_shape)
+    if config.uses_eif:
+        filter_model = train_lib.build_model(config.filter_model, 2, config.bits)
+        return eif_training.EifRunner(config, info, filter_model, dataset, root), state
+    return SgdRunner(info, dataset, root), state
+
+
 def train_and_evaluate(
     config: config_lib.TrainConfig,
     workdir: str,
@@ -145,24 +173,7 @@ def train_and_evaluate(
     stream = stream_lib.Stream(config.seed, num_train, length)
     total_chunks = -(-length // m)
 
-    policy = train_lib.emp_policy(config)
-    model = train_lib.build_model(
-        config.model, info.num_classes, config.bits, policy, config.emp_first_layer
-    )
-    # The schedule counts the main network's updates: with the filter, about r_set of
-    # the stream, in steps of eif_batch_size (by default about one step per chunk).
-    if config.uses_eif:
-        main_steps = -(-int(length * config.r_set) // config.eif_batch_size)
-    else:
-        main_steps = total_chunks
-    tx = train_lib.make_optimizer(config, main_steps)
-    root, init_key = jax.random.split(jax.random.key(config.seed))
-    state = train_lib.create_train_state(model, tx, init_key, info.image_shape)
-    if config.uses_eif:
-        filter_model = train_lib.build_model(config.filter_model, 2, config.bits)
-        runner = eif_training.EifRunner(config, info, filter_model, dataset, root)
-    else:
-        runner = SgdRunner(info, dataset, root)
+    runner, state = build_runner(config, dataset, length)
     loop = {
         "state": state,
         "position": np.asarray(0, np.int64),

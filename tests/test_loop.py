@@ -5,10 +5,11 @@ import json
 import os
 
 import chex
+import numpy as np
 import pytest
 
 from edgefilter import config as config_lib
-from edgefilter import loop
+from edgefilter import eif_training, loop
 
 
 def _small_config(**overrides):
@@ -120,3 +121,19 @@ def test_a_workdir_of_other_settings_is_not_resumed(tmp_path, tiny_dataset):
         loop.check_resumable(other, workdir)
     with pytest.raises(ValueError, match="other settings"):
         loop.train_and_evaluate(other, workdir, dataset=tiny_dataset, show_progress=False)
+
+
+@pytest.mark.parametrize("method", ["sgd", "emp", "eif", "eif_emp"])
+def test_build_runner_gives_the_methods_runner_and_a_fresh_state(tiny_dataset, method):
+    config = config_lib.resolve(_small_config(method=method, model="lenet_slim"))
+    runner, state = loop.build_runner(config, tiny_dataset, 320)
+    assert isinstance(runner, eif_training.EifRunner if config.uses_eif else loop.SgdRunner)
+    assert int(state.step) == 0
+    # One chunk through the runner: SGD and EMP train on it; EIF packs its selection.
+    state_loop = {"state": state, "trained": np.asarray(0, np.int64), **runner.initial()}
+    indices, weights = np.arange(32), np.ones(32, np.float32)
+    state_loop, records = runner.process(state_loop, indices, weights, 0)
+    steps = sum(kind == "train" for kind, _ in records)
+    assert int(state_loop["state"].step) == steps
+    assert int(state_loop["trained"]) == (config.eif_batch_size * steps if config.uses_eif else 32)
+    assert steps == 1  # SGD: the chunk; EIF: r_set of 32 = one packed batch of 10.
