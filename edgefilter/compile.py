@@ -36,11 +36,13 @@ alternating both compilations in one process.)
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 
 YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 # An empty list: no YNNPACK fusions, so convolutions go to Eigen and dots to XLA's own
@@ -54,7 +56,8 @@ def compiler_options(backend: str | None = None, *, fusion_emitters: bool = True
 
     CPU: ``CPU_OPTIONS`` (see the module doc), plus ``xla_cpu_use_fusion_emitters=False``
     when ``fusion_emitters`` is False (filter inference, see the module doc); an option
-    that ``XLA_FLAGS`` already sets is left to it. Any other backend: none.
+    that ``XLA_FLAGS`` already sets is left to it, and one this jaxlib does not know
+    (:func:`cpu_accepts`) is left out. Any other backend: none.
     """
     backend = backend or jax.default_backend()
     if backend != "cpu":
@@ -63,7 +66,26 @@ def compiler_options(backend: str | None = None, *, fusion_emitters: bool = True
     if not fusion_emitters:
         options[FUSION_EMITTERS_OPTION] = False
     user_flags = os.environ.get("XLA_FLAGS", "")
-    return {name: value for name, value in options.items() if name not in user_flags}
+    return {
+        name: value
+        for name, value in options.items()
+        if name not in user_flags and cpu_accepts(name, value)
+    }
+
+
+@functools.cache
+def cpu_accepts(name: str, value: Any) -> bool:
+    """Whether this jaxlib's XLA:CPU knows compile option ``name`` (one tiny compile).
+
+    The options above are recent (jaxlib 0.10 has them); an XLA that does not know one
+    refuses to compile anything given it, so such an option is left out instead.
+    """
+    x = jax.device_put(np.float32(0), jax.devices("cpu")[0])
+    try:
+        jax.jit(lambda a: a + 1, compiler_options={name: value}).lower(x).compile()
+    except jax.errors.JaxRuntimeError:
+        return False
+    return True
 
 
 def jit(fun: Callable, *, fusion_emitters: bool = True, **kwargs: Any) -> Any:

@@ -88,3 +88,12 @@ def test_without_fusion_emitters_the_same_values() -> None:
     legacy = compile_lib.jit(block, fusion_emitters=False)
     # XLA accepts the option (an unknown one fails to compile) and computes the same.
     np.testing.assert_allclose(legacy(x, w), compile_lib.jit(block)(x, w), rtol=1e-6)
+
+
+def test_an_option_this_xla_does_not_know_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert not compile_lib.cpu_accepts("xla_cpu_no_such_option", True)
+    assert compile_lib.cpu_accepts(compile_lib.FUSION_EMITTERS_OPTION, False)
+    monkeypatch.setitem(compile_lib.CPU_OPTIONS, "xla_cpu_no_such_option", True)
+    assert "xla_cpu_no_such_option" not in compile_lib.compiler_options("cpu")
+    assert compile_lib.jit(lambda x: x * 2)(jnp.ones(2)).tolist() == [2.0, 2.0]
