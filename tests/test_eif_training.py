@@ -255,6 +255,17 @@ def test_without_sampling_nothing_is_probed(tmp_path, tiny_dataset):
     assert summary["instances_trained"] == 6 * M // 2 and summary["eif"]["filter_steps"] == 3
 
 
+def _slim_filter(config, info):
+    """A fresh slim-LeNet filter for ``config`` (its optimizer and its filter config)."""
+    return instance_filter.init(
+        models.create("lenet_slim", 2),
+        eif_training.filter_optimizer(config),
+        jax.random.key(1),
+        info.image_shape,
+        config_lib.filter_config(config),
+    )
+
+
 def test_eif_step_equals_the_steps_done_by_hand(tiny_dataset):
     info = tiny_dataset.info
     config = config_lib.resolve(
@@ -269,13 +280,7 @@ def test_eif_step_equals_the_steps_done_by_hand(tiny_dataset):
         jax.random.key(0),
         info.image_shape,
     )
-    fstate = instance_filter.init(
-        models.create("lenet_slim", 2),
-        eif_training.filter_optimizer(config),
-        jax.random.key(1),
-        info.image_shape,
-        fconfig,
-    )
+    fstate = _slim_filter(config, info)
     images, labels = tiny_dataset.train_images[:8], tiny_dataset.train_labels[:8]
     weights = np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32)  # A final, partial batch.
     probe_images, probe_labels = tiny_dataset.train_images[8:11], tiny_dataset.train_labels[8:11]
@@ -370,13 +375,7 @@ def test_predict_step_is_compiled_without_fusion_emitters_and_predicts_the_same(
     info = tiny_dataset.info
     config = config_lib.resolve(config_lib.TrainConfig(dataset="fashion_mnist", method="eif"))
     fconfig = config_lib.filter_config(config)
-    fstate = instance_filter.init(
-        models.create("lenet_slim", 2),
-        eif_training.filter_optimizer(config),
-        jax.random.key(1),
-        info.image_shape,
-        fconfig,
-    )
+    fstate = _slim_filter(config, info)
     jit_options = []
     real_jit = eif_training.compile_lib.jit
 
