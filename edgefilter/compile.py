@@ -28,8 +28,10 @@ tap-sum conv, ReLU and 2x2 pooling in one fusion, see ``models.layers``) took 0.
 instead of 0.50 ms on 64 instances, and the whole jitted ``predict`` 0.95 instead of
 1.31 ms (same HLO, only the generated code differs). The ResNet-8 filter's forward on
 128 CIFAR-shaped instances was unchanged (38.9 against 39.8 ms). Train steps do not
-gain: the ResNet-20 train step (batch 128) got slower, 712 against 665 ms, and LeNet's
-changed within noise. So only filter inference asks for it: ``jit(...,
+clearly gain: the ResNet-20 train step (batch 128) got slower, 712 against 665 ms;
+LeNet's SGD step changed by -5%, -3% and +2% and the EIF step (the main network on 19
+instances and the filter's update) by -1%, -3% and -9% in three A/Bs, within this
+machine's noise. So only filter inference asks for it: ``jit(...,
 fusion_emitters=False)``. (2-core AMD Zen 4 VM, jaxlib 0.10.2; medians of rounds
 alternating both compilations in one process.)
 """
