@@ -40,14 +40,15 @@ from edgefilter import data as data_lib
 from edgefilter import loop as loop_lib
 from edgefilter import stream as stream_lib
 from edgefilter import train as train_lib
+from experiments import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("method", "eif_emp", ["eif", "eif_emp"], "The filtered method.")
 flags.DEFINE_string("model", "lenet", "Main network.")
 flags.DEFINE_string("dataset", "fashion_mnist", "Dataset (its settings and its data).")
-flags.DEFINE_integer("chunks", 100, "Chunks per process round (per method).")
-flags.DEFINE_integer("calls", 100, "Calls per round of each jitted part.")
-flags.DEFINE_integer("rounds", 9, "Rounds; every number is the median over them.")
+flags.DEFINE_integer("chunks", 100, "Chunks per process round (per method).", lower_bound=1)
+flags.DEFINE_integer("calls", 100, "Calls per round of each jitted part.", lower_bound=1)
+flags.DEFINE_integer("rounds", 9, "Rounds; every number is the median over them.", lower_bound=1)
 flags.DEFINE_string("output", "", "Write the results as JSON here.")
 
 PARTS = ("filter_predict", "eif_step", "main_step", "filter_update")
@@ -109,9 +110,12 @@ class _Stream:
 def main(argv: list[str]) -> None:
     del argv
     settings = dict(model=FLAGS.model, dataset=FLAGS.dataset)
-    config = config_lib.resolve(config_lib.TrainConfig(method=FLAGS.method, **settings))
-    sgd_config = config_lib.resolve(config_lib.TrainConfig(method="sgd", **settings))
-    dataset = data_lib.load(config.dataset, config.data_dir)
+    try:  # Bad --model or --dataset: one line and status 2, before any work.
+        config = config_lib.resolve(config_lib.TrainConfig(method=FLAGS.method, **settings))
+        sgd_config = config_lib.resolve(config_lib.TrainConfig(method="sgd", **settings))
+        dataset = data_lib.load(config.dataset, config.data_dir)
+    except (ValueError, data_lib.DataUnavailableError) as e:
+        cli.fail(str(e))
     info = dataset.info
     length = (FLAGS.rounds + 1) * FLAGS.chunks * config.batch_size
     sgd, eif = _Stream(sgd_config, dataset, length), _Stream(config, dataset, length)
@@ -212,4 +216,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -27,10 +27,11 @@ from edgefilter import config as config_lib
 from edgefilter import data as data_lib
 from edgefilter import emp, flops
 from edgefilter import train as train_lib
+from experiments import cli
 
 flags.DEFINE_list("keeps", ["0.5", "0.25"], "TopK keep ratios to compare with dense.")
-flags.DEFINE_integer("steps", 20, "Steps per timed round.")
-flags.DEFINE_integer("repeats", 7, "Timed rounds per variant (median reported).")
+flags.DEFINE_integer("steps", 20, "Steps per timed round.", lower_bound=1)
+flags.DEFINE_integer("repeats", 7, "Timed rounds per variant (median reported).", lower_bound=1)
 flags.DEFINE_list("networks", ["resnet20", "lenet"], "Networks to benchmark.")
 flags.DEFINE_string("output", None, "Optional JSON output file.")
 FLAGS = flags.FLAGS
@@ -139,4 +140,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -25,11 +25,12 @@ from absl import app, flags
 from edgefilter import config as config_lib
 from edgefilter import data as data_lib
 from edgefilter import train as train_lib
+from experiments import cli
 
-flags.DEFINE_integer("batch_size", 64, "Mini-batch size.")
-flags.DEFINE_integer("steps", 200, "Training steps per timed round.")
-flags.DEFINE_integer("rounds", 5, "Timed rounds per framework (median is reported).")
-flags.DEFINE_integer("threads", 0, "Threads for PyTorch (0: its default).")
+flags.DEFINE_integer("batch_size", 64, "Mini-batch size.", lower_bound=1)
+flags.DEFINE_integer("steps", 200, "Training steps per timed round.", lower_bound=1)
+flags.DEFINE_integer("rounds", 5, "Timed rounds per framework (median is reported).", lower_bound=1)
+flags.DEFINE_integer("threads", 0, "Threads for PyTorch (0: its default).", lower_bound=0)
 flags.DEFINE_string("output", None, "Optional JSON file for the result.")
 FLAGS = flags.FLAGS
 
@@ -140,4 +141,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

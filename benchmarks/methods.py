@@ -34,17 +34,26 @@ from benchmarks import lenet_throughput
 from edgefilter import comparison
 from edgefilter import config as config_lib
 from edgefilter import data as data_lib
+from experiments import cli
 
 flags.DEFINE_string("workdir", "/tmp/edgefilter_bench", "Where the runs go (wiped first).")
 flags.DEFINE_string("results_dir", "benchmarks/results", "Where the tables go.")
-flags.DEFINE_float("lenet_epochs", 2.0, "Epochs of Fashion-MNIST for the LeNet table.")
-flags.DEFINE_integer("resnet_instances", 6400, "Instances in the ResNet-20 stream.")
+flags.DEFINE_float(
+    "lenet_epochs", 2.0, "Epochs of Fashion-MNIST for the LeNet table.", lower_bound=0.01
+)
+flags.DEFINE_integer("resnet_instances", 6400, "Instances in the ResNet-20 stream.", lower_bound=1)
 flags.DEFINE_list("variants", ["sgd", "emp", "eif", "eif_emp"], "Variants to compare.")
 flags.DEFINE_integer(
-    "eif_batch_size", None, "EIF's main-network step size (default: round(r_set * batch))."
+    "eif_batch_size",
+    None,
+    "EIF's main-network step size (default: round(r_set * batch)).",
+    lower_bound=1,
 )
 flags.DEFINE_integer(
-    "repeats", 3, "Runs of the whole sequence of variants; the tables give median times."
+    "repeats",
+    3,
+    "Runs of the whole sequence of variants; the tables give median times.",
+    lower_bound=1,
 )
 flags.DEFINE_bool("torch", True, "Also time PyTorch CPU eager LeNet SGD (needs torch).")
 FLAGS = flags.FLAGS
@@ -61,6 +70,9 @@ def cifar_shaped_stream(n: int, seed: int = 0) -> data_lib.Dataset:
 
 def main(argv: list[str]) -> None:
     del argv
+    unknown = [v for v in FLAGS.variants if v not in comparison.VARIANTS]
+    if unknown:
+        cli.fail(f"--variants: {unknown} unknown; choose from {', '.join(comparison.VARIANTS)}")
     logging.set_verbosity(logging.WARNING)
     os.makedirs(FLAGS.results_dir, exist_ok=True)
     sections, payload = [], {"device": str(jax.devices()[0]), "jax": jax.__version__}
@@ -132,4 +144,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -30,11 +30,15 @@ from edgefilter import config as config_lib
 from edgefilter import data as data_lib
 from edgefilter import stream as stream_lib
 from edgefilter import train as train_lib
+from experiments import cli
 
 flags.DEFINE_enum("mode", "oracle", ["oracle", "random"], "How each chunk's kept part is chosen.")
 flags.DEFINE_float("r", 0.3, "Fraction of each chunk kept (r_set).")
-flags.DEFINE_integer("epochs", 20, "Epochs over the stream.")
-flags.DEFINE_integer("train_batch", None, "Instances per main step (default: round(r * m)).")
+flags.register_validator("r", lambda r: 0 < r <= 1, message="the kept fraction must lie in (0, 1]")
+flags.DEFINE_integer("epochs", 20, "Epochs over the stream.", lower_bound=1)
+flags.DEFINE_integer(
+    "train_batch", None, "Instances per main step (default: round(r * m)).", lower_bound=1
+)
 flags.DEFINE_integer("seed", 0, "Seed of the initialisation and the stream order.")
 FLAGS = flags.FLAGS
 
@@ -101,4 +105,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -20,6 +20,7 @@ from absl import app, flags, logging
 from edgefilter import comparison
 from edgefilter import config as config_lib
 from edgefilter import data as data_lib
+from experiments import cli
 from experiments import train as train_cli
 
 flags.DEFINE_list(
@@ -33,26 +34,24 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        train_cli.fail(f"unexpected arguments {argv[1:]!r}; all options are --flags")
+        cli.fail(f"unexpected arguments {argv[1:]!r}; all options are --flags")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     if not FLAGS.workdir:
-        train_cli.fail("--workdir is required: the directory for the runs and the table")
+        cli.fail("--workdir is required: the directory for the runs and the table")
     if FLAGS.merge:
         print(comparison.merge(FLAGS.merge, FLAGS.workdir))
         return
     unknown = [v for v in FLAGS.variants if v not in comparison.VARIANTS]
     if unknown:
-        train_cli.fail(
-            f"--variants: unknown {unknown!r}; choose from {', '.join(comparison.VARIANTS)}"
-        )
+        cli.fail(f"--variants: unknown {unknown!r}; choose from {', '.join(comparison.VARIANTS)}")
     try:
         base = config_lib.resolve(train_cli.config_from_flags())
         for name in FLAGS.variants:
             config_lib.validate(dataclasses.replace(base, **comparison.VARIANTS[name]))
         dataset = data_lib.load(base.dataset, base.data_dir)
     except (ValueError, data_lib.DataUnavailableError) as e:
-        train_cli.fail(str(e))
+        cli.fail(str(e))
     os.makedirs(FLAGS.workdir, exist_ok=True)
     comparison.compare(base, FLAGS.variants, FLAGS.workdir, dataset, show_progress=FLAGS.progress)
     with open(os.path.join(FLAGS.workdir, "comparison.md")) as f:
@@ -60,4 +59,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=train_cli.parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -12,13 +12,13 @@ on stderr naming the problem and exit status 2, before anything is written.
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 from absl import app, flags, logging
 
 from edgefilter import config as config_lib
 from edgefilter import data as data_lib
 from edgefilter import loop
+from experiments.cli import fail, parse_flags
 
 _DEFAULTS = config_lib.TrainConfig()
 FLAGS = flags.FLAGS
@@ -135,20 +135,6 @@ def config_from_flags() -> config_lib.TrainConfig:
                 ) from None
         values[field.name] = value
     return config_lib.TrainConfig(**values)
-
-
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing that exits with status 2 (not 1) on a malformed flag."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        fail(str(e))
-    return []
 
 
 def main(argv: list[str]) -> None:

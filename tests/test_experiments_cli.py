@@ -1,0 +1,57 @@
+"""experiments.cli: one line naming the bad value and exit status 2, for every command."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from experiments import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+flags.DEFINE_integer("cli_test_count", 1, "A flag for this test only.", lower_bound=1)
+
+
+def test_fail_prints_one_line_and_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.fail("--x=3 is invalid: must be even")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: --x=3 is invalid: must be even\n"
+
+
+def test_a_flag_out_of_bounds_exits_2_naming_it(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_flags(["prog", "--cli_test_count=0"])
+    assert exit_info.value.code == 2
+    assert "--cli_test_count=0" in capsys.readouterr().err
+    assert cli.parse_flags(["prog", "--cli_test_count=3", "rest"]) == ["prog", "rest"]
+    assert flags.FLAGS.cli_test_count == 3
+
+
+@pytest.mark.parametrize(
+    "module, flag",
+    [
+        ("benchmarks.eif_chunk", "--rounds=0"),
+        ("benchmarks.eif_chunk", "--method=sgd"),
+        ("benchmarks.eif_chunk", "--model=resnet9"),
+        ("benchmarks.methods", "--variants=sgd,ohem"),
+        ("benchmarks.emp_step", "--repeats=0"),
+        ("benchmarks.methods", "--repeats=0"),
+        ("benchmarks.lenet_throughput", "--threads=-1"),
+        ("benchmarks.oracle_selection", "--r=0"),
+        ("experiments.compare", "--workdir=/nonexistent/never --bits=7"),
+    ],
+)
+def test_commands_exit_2_on_a_bad_flag(module, flag):
+    # Parsing fails first, so none of them starts its minutes of work.
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *flag.split()],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert flag.split()[-1].split("=")[0] in proc.stderr
+    assert "Traceback" not in proc.stderr
