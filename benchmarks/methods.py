@@ -70,9 +70,10 @@ def cifar_shaped_stream(n: int, seed: int = 0) -> data_lib.Dataset:
 
 def main(argv: list[str]) -> None:
     del argv
-    unknown = [v for v in FLAGS.variants if v not in comparison.VARIANTS]
-    if unknown:
-        cli.fail(f"--variants: {unknown} unknown; choose from {', '.join(comparison.VARIANTS)}")
+    try:
+        comparison.check_variants(FLAGS.variants)
+    except ValueError as e:
+        cli.fail(str(e))
     logging.set_verbosity(logging.WARNING)
     os.makedirs(FLAGS.results_dir, exist_ok=True)
     sections, payload = [], {"device": str(jax.devices()[0]), "jax": jax.__version__}

@@ -100,6 +100,13 @@ def row(name: str, summary: dict[str, Any], peak_bytes: int) -> dict[str, Any]:
     }
 
 
+def check_variants(variants: list[str]) -> None:
+    """Raises ValueError naming the ``variants`` that are not in ``VARIANTS``."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"--variants: unknown {unknown!r}; choose from {', '.join(VARIANTS)}")
+
+
 def compare(
     base: config_lib.TrainConfig,
     variants: list[str],

@@ -42,10 +42,8 @@ def main(argv: list[str]) -> None:
     if FLAGS.merge:
         print(comparison.merge(FLAGS.merge, FLAGS.workdir))
         return
-    unknown = [v for v in FLAGS.variants if v not in comparison.VARIANTS]
-    if unknown:
-        cli.fail(f"--variants: unknown {unknown!r}; choose from {', '.join(comparison.VARIANTS)}")
     try:
+        comparison.check_variants(FLAGS.variants)
         base = config_lib.resolve(train_cli.config_from_flags())
         for name in FLAGS.variants:
             config_lib.validate(dataclasses.replace(base, **comparison.VARIANTS[name]))

@@ -105,3 +105,9 @@ def test_median_of_repeats_takes_each_variants_median_run(tmp_path: pathlib.Path
     assert "* eif: 30.0, 10.0, 20.0" in markdown
     with pytest.raises(ValueError, match="disagree on the variant"):
         comparison.median_of_repeats([run(1.0, 1.0, 1), list(reversed(run(1.0, 1.0, 1)))])
+
+
+def test_check_variants_names_the_unknown_ones():
+    comparison.check_variants(list(comparison.VARIANTS))
+    with pytest.raises(ValueError, match=r"--variants: unknown \['ohem'\]; choose from sgd"):
+        comparison.check_variants(["sgd", "ohem"])
