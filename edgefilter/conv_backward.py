@@ -56,6 +56,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from edgefilter import own_buffer
+
 __all__ = [
     "GEMM_MIN_WASTE",
     "ConvSpec",
@@ -305,7 +307,7 @@ def conv_general_dilated(
     Same arguments and forward value as lax. Grouped convolutions, and layers where
     :func:`uses_gemm` is False, are lax's own convolution (and backward) unchanged.
     """
-    lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+    lhs, rhs = own_buffer.own_buffer(jnp.asarray(lhs)), jnp.asarray(rhs)
     spec = ConvSpec.create(
         lhs.shape,
         rhs.shape,

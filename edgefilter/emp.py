@@ -61,9 +61,10 @@ Design notes:
 * **Bias.** ``flax.linen.Conv`` adds its bias outside ``conv_general_dilated``, so this op
   never sees it: the bias gradient (a per-channel sum of ``delta``, no multiply-
   accumulates) stays dense. Only the convolution's backward is pruned.
-* **Error maps in a buffer.** A large error map (``OWN_BUFFER_ELEMENTS`` or more) is
-  computed once into its own buffer before it is scored and gathered, so that XLA:CPU
-  does not recompute its elementwise producer in each (:func:`_own_buffer`).
+* **Buffers of their own.** A large error map is computed once into its own buffer
+  before it is scored and gathered, and a large input is before the convolution, so that
+  XLA:CPU does not recompute their elementwise producers in each reader
+  (:func:`edgefilter.own_buffer.own_buffer`).
 * **Dtypes.** Scores are computed in at least float32; the cotangents returned are in the
   primal dtypes (a bfloat16 layer gets bfloat16 gradients, like ``jax.grad`` gives).
 * **Error transform.** ``error_transform`` is an optional static hook applied to the
@@ -93,7 +94,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from edgefilter import channel_fold, conv_backward
+from edgefilter import channel_fold, conv_backward, own_buffer
 
 __all__ = [
     "ErrorTransform",
@@ -497,32 +498,6 @@ def _threshold_vjp(
     return lax.switch(index, [lambda x, b=b: cast(b(x)) for b in branches], None)
 
 
-#: Error maps with at least this many elements get a buffer of their own before EMP
-#: reads them (see :func:`_own_buffer`).
-OWN_BUFFER_ELEMENTS = 2**18
-
-
-def _own_buffer(delta: jax.Array, rhs: jax.Array) -> jax.Array:
-    """``delta`` (same values), computed once into a buffer of its own when it is large.
-
-    XLA:CPU fuses the elementwise backward that produces an error map (batch norm, ReLU,
-    a residual add) into each of its consumers, so EMP's channel scores (Eq. 11) and its
-    gather of the kept channels each recompute it. A conditional's operand is computed
-    into a buffer before the conditional runs, and XLA keeps a conditional whose
-    predicate it cannot evaluate at compile time. The predicate here, the kernel's first
-    weight equals itself, is false only when that weight is NaN; the false branch then
-    returns NaN, which is what that channel's forward output, and so any loss of it, is.
-    (An optimization barrier would say this directly, but XLA:CPU removes barriers before
-    fusion.) ResNet-20's train step at keep 0.25 (batch 128, 2-core Zen 4 CPU) went from
-    637 to 543 ms. Small maps skip it: on LeNet's step (largest pruned map 64 x 8 x 8 x
-    50) the conditional's own cost had made the step 0.3-0.7 ms slower.
-    """
-    if delta.size < OWN_BUFFER_ELEMENTS:
-        return delta
-    first = rhs.reshape(-1)[0]
-    return lax.cond(first == first, lambda d: d, lambda d: jnp.full_like(d, jnp.nan), delta)
-
-
 def _pruned_conv_bwd(
     config: _ConvConfig, residuals: tuple[jax.Array, jax.Array], delta: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
@@ -544,7 +519,7 @@ def _pruned_conv_bwd(
     if not (topk or threshold):  # every channel is kept: bit-for-bit lax's backward
         g_lhs, g_rhs = conv_backward.lax_vjp(config.spec, lhs, rhs, delta)
         return g_lhs.astype(lhs.dtype), g_rhs.astype(rhs.dtype)
-    delta = _own_buffer(delta, rhs)
+    delta = own_buffer.own_buffer(delta)
     scores = _scores(rhs, delta, policy.gamma1, policy.gamma2, dn)
     if topk:
         _, idx = lax.top_k(scores, policy.num_kept(n))
@@ -592,7 +567,7 @@ class PrunedConv:
             )
         if out_sharding is not None:
             raise NotImplementedError("emp.conv_general_dilated does not take out_sharding.")
-        lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+        lhs, rhs = own_buffer.own_buffer(jnp.asarray(lhs)), jnp.asarray(rhs)
         config = _ConvConfig(
             policy=self.policy,
             error_transform=self.error_transform,

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from edgefilter import conv_backward
+from edgefilter import conv_backward, own_buffer
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -174,3 +174,24 @@ def test_compiled_error_propagation_does_the_real_macs_only():
     ours = flops(conv_backward.conv_general_dilated)
     assert 2 * forward_macs <= ours < 1.02 * 2 * forward_macs
     assert flops(lax.conv_general_dilated) == pytest.approx(2 * forward_macs, rel=0.01)
+
+
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2)])  # lax's backward / the GEMM one
+def test_large_inputs_get_their_own_buffer_with_the_same_values(strides, monkeypatch):
+    """The input passes own_buffer's conditional (XLA:CPU then reads it, not its producers)."""
+    x, w, _ = _operands(0, (2, 8, 8, 3), (3, 3, 3, 4), strides, "SAME")
+
+    def loss(x, w):  # An elementwise producer that XLA would otherwise fuse into readers.
+        y = conv_backward.conv_general_dilated(jnp.tanh(x), w, strides, "SAME", None, None, NHWC)
+        return jnp.sum(y**2)
+
+    def reference(x, w):
+        y = lax.conv_general_dilated(jnp.tanh(x), w, strides, "SAME", dimension_numbers=NHWC)
+        return jnp.sum(y**2)
+
+    monkeypatch.setattr(own_buffer, "MIN_ELEMENTS", x.size)
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    assert grad.lower(x, w).compile().as_text().count("conditional(") == 1
+    chex.assert_trees_all_close(
+        grad(x, w), jax.value_and_grad(reference, argnums=(0, 1))(x, w), rtol=1e-5, atol=1e-5
+    )

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from edgefilter import conv_backward, emp
+from edgefilter import conv_backward, emp, own_buffer
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -178,7 +178,7 @@ def test_pruned_backward_matches_masked_dense(policy, stride, padding, dtype):
 
 @pytest.mark.parametrize("policy", [emp.TopK(0.5), emp.Threshold(1.0)])
 def test_large_error_maps_get_their_own_buffer_and_the_same_gradients(policy, monkeypatch):
-    """At OWN_BUFFER_ELEMENTS or more the error map passes a kept conditional; values stay."""
+    """A large error map passes own_buffer's conditional before scoring; values stay."""
     kwargs = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=NHWC)
     x, w, d = _data(0, (3, 9, 9, 5), (3, 3, 5, 16), kwargs)  # d: 3 * 9 * 9 * 16 = 3888
     (ref_x, ref_w), _ = _reference_grads(kwargs, policy, x, w, d)
@@ -188,17 +188,14 @@ def test_large_error_maps_get_their_own_buffer_and_the_same_gradients(policy, mo
         return jax.jit(backward).lower(x, w, d).compile().as_text()
 
     assert "conditional(" not in compiled_text() or isinstance(policy, emp.Threshold)
-    monkeypatch.setattr(emp, "OWN_BUFFER_ELEMENTS", d.size)
+    # Above the input's size (1215), at the error map's: only the error map gets one.
+    monkeypatch.setattr(own_buffer, "MIN_ELEMENTS", d.size)
     text = compiled_text()
     # TopK has no other conditional; Threshold's bucket switch is one more.
     assert text.count("conditional(") == (1 if isinstance(policy, emp.TopK) else 2)
     chex.assert_trees_all_close(
         _emp_grads(policy, kwargs, x, w, d), (ref_x, ref_w), rtol=1e-5, atol=1e-4
     )
-    if isinstance(policy, emp.TopK):  # (Threshold keeps no channel of NaN scores.)
-        w_nan = w.at[0, 0, 0, 0].set(jnp.nan)  # The conditional's other branch: NaN.
-        g_x, _ = _emp_grads(policy, kwargs, x, w_nan, d)
-        assert np.isnan(np.asarray(g_x)).all()
 
 
 @pytest.mark.parametrize(
