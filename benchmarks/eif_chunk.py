@@ -19,6 +19,9 @@ the counted reduction of the chunks processed (``edgefilter.accounting``), the r
 ``benchmarks.methods`` reports for whole runs.
 
   .venv/bin/python -m benchmarks.eif_chunk --output=benchmarks/results/eif_chunk.json
+
+``--eif_batch_size`` sets the main network's packed step size (default ``round(r_set *
+batch_size)``, one step per chunk as in the paper), as ``benchmarks.methods`` does.
 """
 
 from __future__ import annotations
@@ -46,6 +49,12 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("method", "eif_emp", ["eif", "eif_emp"], "The filtered method.")
 flags.DEFINE_string("model", "lenet", "Main network.")
 flags.DEFINE_string("dataset", "fashion_mnist", "Dataset (its settings and its data).")
+flags.DEFINE_integer(
+    "eif_batch_size",
+    None,
+    "EIF's main-network step size (default: round(r_set * batch)).",
+    lower_bound=1,
+)
 flags.DEFINE_integer("chunks", 100, "Chunks per process round (per method).", lower_bound=1)
 flags.DEFINE_integer("calls", 100, "Calls per round of each jitted part.", lower_bound=1)
 flags.DEFINE_integer("rounds", 9, "Rounds; every number is the median over them.", lower_bound=1)
@@ -111,7 +120,11 @@ def main(argv: list[str]) -> None:
     del argv
     settings = dict(model=FLAGS.model, dataset=FLAGS.dataset)
     try:  # Bad --model or --dataset: one line and status 2, before any work.
-        config = config_lib.resolve(config_lib.TrainConfig(method=FLAGS.method, **settings))
+        config = config_lib.resolve(
+            config_lib.TrainConfig(
+                method=FLAGS.method, eif_batch_size=FLAGS.eif_batch_size, **settings
+            )
+        )
         sgd_config = config_lib.resolve(config_lib.TrainConfig(method="sgd", **settings))
         dataset = data_lib.load(config.dataset, config.data_dir)
     except (ValueError, data_lib.DataUnavailableError) as e:
