@@ -11,7 +11,9 @@ that is often a poor trade:
   transpose of a 128 x 32 x 32 x 16 activation took 31 ms instead of about 2;
 * error map pruning reads each error map twice, for the channel scores (Eq. 11) and for
   the gather of the kept channels, and each read recomputed the elementwise backward
-  (batch norm, ReLU, residual add) that produced it.
+  (batch norm, ReLU, residual add) that produced it;
+* a first conv computed as a sum of per-tap products (``models.layers.small_kernel_conv``)
+  was recomputed in each reader of its output.
 
 A conditional's operand is computed into a buffer before the conditional runs, and XLA
 keeps a conditional whose predicate it cannot evaluate at compile time. The predicate
@@ -27,8 +29,9 @@ inputs in buffers of their own (``edgefilter.conv_backward``, ``edgefilter.emp``
 435 -> 341-356 ms, EMP keep 0.25 380 -> 302-315 ms (``benchmarks.emp_step``). Putting
 the input of every conv but the first in one took LeNet's step (largest conv input
 64 x 12 x 12 x 20, a pooling output that is in memory anyway) from 9.4 to 9.6 ms, hence
-the size threshold, which LeNet's inputs stay under. Other backends fuse differently and pay for a
-conditional's predicate with a device-to-host copy, so ``x`` is returned as it is there.
+the size threshold, which LeNet's inputs stay under. Other backends fuse differently
+and pay for a conditional's predicate with a device-to-host copy, so ``x`` is returned
+as it is there.
 """
 
 from __future__ import annotations

@@ -181,16 +181,16 @@ def build_model(
 
     At 32 bits without a policy these are lax's own primitives, except that convs compute
     their error propagation by :mod:`edgefilter.conv_backward` (GEMM + overlap-add where
-    that is cheaper) and a first conv with a tiny kernel runs as per-tap matmuls, or
-    one im2col matmul under differentiation (``models.layers.small_kernel_conv``); the
-    values are lax's either way. See :mod:`edgefilter.emp` and :mod:`edgefilter.quant`
+    that is cheaper) and a first conv with a tiny or single-channel kernel (LeNet's, the
+    MNIST filter's) runs as a sum of per-tap matmuls (``models.layers.small_kernel_conv``);
+    the values are lax's either way. See :mod:`edgefilter.emp` and :mod:`edgefilter.quant`
     for what the others do. The first conv layer's backward stays dense unless
     ``prune_first_layer`` (see :mod:`edgefilter.emp`, "First layer").
     """
     conv = quant.conv_general_dilated(bits, policy=policy)
     if prune_first_layer:
         first = conv
-    elif bits == quant.FULL_PRECISION:  # Tiny first kernels (the MNIST filter's): see above.
+    elif bits == quant.FULL_PRECISION:  # Tiny or 1-channel first kernels: see above.
         first = small_kernel_conv
     else:
         first = quant.conv_general_dilated(bits)

@@ -205,6 +205,7 @@ def test_max_pool_2x2_ties_and_jit_match_flax():
         ((4, 28, 28, 1), (3, 3, 1, 6), (1, 1), "VALID"),  # The MNIST filter's first conv.
         ((2, 9, 11, 2), (3, 3, 2, 4), (2, 1), "SAME"),
         ((2, 8, 8, 3), (1, 3, 3, 5), (1, 2), ((1, 2), (0, 1))),
+        ((3, 28, 28, 1), (5, 5, 1, 20), (1, 1), "VALID"),  # LeNet's first conv.
     ],
 )
 def test_small_kernel_conv_matches_lax_and_its_gradients(x_shape, w_shape, strides, padding):
@@ -220,7 +221,7 @@ def test_small_kernel_conv_matches_lax_and_its_gradients(x_shape, w_shape, strid
         return f
 
     (_, y_ref), g_ref = jax.value_and_grad(loss(jax.lax.conv_general_dilated), (0, 1), True)(x, w)
-    # Differentiated: the im2col forward and its custom backward.
+    # Differentiated: the tap sum in a buffer of its own, lax's backward.
     (_, y), g = jax.value_and_grad(loss(layers.small_kernel_conv), (0, 1), True)(x, w)
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
     chex.assert_trees_all_close(g, g_ref, rtol=1e-4, atol=1e-4)
@@ -234,11 +235,15 @@ def test_small_kernel_conv_leaves_larger_kernels_to_lax():
     lowered = jax.jit(
         lambda x, w: layers.small_kernel_conv(x, w, (1, 1), "VALID", dimension_numbers=dn)
     ).lower
-    x = jnp.ones((1, 8, 8, 1))
-    # 500 weights, above SMALL_KERNEL_WEIGHTS.
-    assert "convolution" in lowered(x, jnp.ones((5, 5, 1, 20))).as_text()
-    text = lowered(x, jnp.ones((3, 3, 1, 6))).as_text()
-    assert "convolution" not in text and "dot_general" in text
+    gray, rgb = jnp.ones((1, 12, 12, 1)), jnp.ones((1, 12, 12, 3))
+    # Tap sums: at most SMALL_KERNEL_WEIGHTS weights, or one input channel and at most
+    # SINGLE_CHANNEL_MAX_TAPS taps.
+    for x, w_shape in [(gray, (3, 3, 1, 6)), (gray, (5, 5, 1, 20)), (rgb, (3, 3, 3, 2))]:
+        text = lowered(x, jnp.ones(w_shape)).as_text()
+        assert "convolution" not in text and "dot_general" in text, w_shape
+    # lax: 81 weights on three channels; 36 taps on one.
+    for x, w_shape in [(rgb, (3, 3, 3, 3)), (gray, (6, 6, 1, 2))]:
+        assert "convolution" in lowered(x, jnp.ones(w_shape)).as_text(), w_shape
 
 
 @pytest.mark.parametrize("shape", [(8, 6, 6, 16), (3, 5, 7, 3), (4, 300)])

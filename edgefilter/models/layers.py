@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from edgefilter import channel_fold
+from edgefilter import channel_fold, own_buffer
 
 ConvFn = Callable[..., jax.Array]
 DotFn = Callable[..., jax.Array]
@@ -200,8 +200,10 @@ def _max_pool_2x2_bwd(
 max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
 
 
-# Kernels with at most this many weights take the tap-sum path (see small_kernel_conv).
+# Kernels with at most this many weights, or with one input channel and at most this
+# many taps, take the tap-sum path (see small_kernel_conv).
 SMALL_KERNEL_WEIGHTS = 64
+SINGLE_CHANNEL_MAX_TAPS = 25
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -226,10 +228,6 @@ def _taps(x: jax.Array, kernel_hw: tuple[int, int], strides: tuple[int, int]) ->
     ]
 
 
-def _im2col(x: jax.Array, kernel_hw: tuple[int, int], strides: tuple[int, int]) -> jax.Array:
-    return jnp.concatenate(_taps(x, kernel_hw, strides), axis=-1)
-
-
 def _channel_matmul(x: jax.Array, w: jax.Array, precision: Any, out_dtype: Any) -> jax.Array:
     """``[N, H, W, C] @ [C, O] -> [N, H, W, O]``."""
     return jax.lax.dot_general(
@@ -237,8 +235,7 @@ def _channel_matmul(x: jax.Array, w: jax.Array, precision: Any, out_dtype: Any) 
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _tiny_valid_conv(
+def _tap_sum(
     x: jax.Array, w: jax.Array, strides: tuple[int, int], precision: Any, out_dtype: Any
 ) -> jax.Array:
     taps = _taps(x, w.shape[:2], strides)
@@ -249,35 +246,42 @@ def _tiny_valid_conv(
     return sum(terms[1:], terms[0])
 
 
-def _tiny_valid_conv_fwd(
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _tap_conv(
     x: jax.Array, w: jax.Array, strides: tuple[int, int], precision: Any, out_dtype: Any
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
-    patches = _im2col(x, w.shape[:2], strides)
-    out = _channel_matmul(patches, w.reshape(-1, w.shape[-1]), precision, out_dtype)
-    return out, (patches, x, w)
+) -> jax.Array:
+    return _tap_sum(x, w, strides, precision, out_dtype)
 
 
-def _tiny_valid_conv_bwd(
+def _tap_conv_fwd(
+    x: jax.Array, w: jax.Array, strides: tuple[int, int], precision: Any, out_dtype: Any
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    # In a buffer of its own, or XLA:CPU recomputes the tap sum in every reader.
+    out = own_buffer.own_buffer(_tap_sum(x, w, strides, precision, out_dtype), min_elements=0)
+    return out, (x, w)
+
+
+def _tap_conv_bwd(
     strides: tuple[int, int],
     precision: Any,
     out_dtype: Any,
-    residuals: tuple[jax.Array, jax.Array, jax.Array],
+    residuals: tuple[jax.Array, jax.Array],
     g: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
     del out_dtype
-    patches, x, w = residuals
-    w2 = w.reshape(-1, w.shape[-1])
-    flat_patches = patches.reshape(-1, patches.shape[-1])
-    dw = jax.lax.dot_general(
-        flat_patches, g.reshape(-1, g.shape[-1]), (((0,), (0,)), ((), ())), precision=precision
-    )
-    dpatches = jax.lax.dot_general(g, w2, (((3,), (1,)), ((), ())), precision=precision)
-    to_patches = functools.partial(_im2col, kernel_hw=w.shape[:2], strides=strides)
-    (dx,) = jax.linear_transpose(to_patches, x)(dpatches.astype(patches.dtype))
-    return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
+    x, w = residuals
+
+    def conv(x: jax.Array, w: jax.Array) -> jax.Array:
+        return jax.lax.conv_general_dilated(
+            x, w, strides, "VALID", dimension_numbers=_NHWC, precision=precision
+        )
+
+    _, vjp = jax.vjp(conv, x, w)
+    dx, dw = vjp(g.astype(jnp.result_type(x, w)))
+    return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
-_tiny_valid_conv.defvjp(_tiny_valid_conv_fwd, _tiny_valid_conv_bwd)
+_tap_conv.defvjp(_tap_conv_fwd, _tap_conv_bwd)
 
 
 def small_kernel_conv(
@@ -293,32 +297,40 @@ def small_kernel_conv(
     precision: Any = None,
     preferred_element_type: Any = None,
 ) -> jax.Array:
-    """``jax.lax.conv_general_dilated``, computed as tap sums / im2col for tiny kernels.
+    """``jax.lax.conv_general_dilated``, computed as a tap sum for tiny or 1-channel kernels.
 
-    A 2-D NHWC/HWIO convolution whose kernel has at most ``SMALL_KERNEL_WEIGHTS``
-    weights (ungrouped, undilated) is computed as ``sum_{i,j} x[:, i::s, j::s, :] @
-    W[i, j]``, one small matmul per tap that XLA fuses, when only its value is needed;
-    under differentiation (a ``jax.custom_vjp``) the forward is one im2col matmul, the
-    kh*kw tap views side by side on the channel axis times ``W.reshape(-1, cout)``, and
-    the backward is that matmul's two transposes. Anything else goes to lax.
+    A 2-D NHWC/HWIO convolution (ungrouped, undilated) whose kernel has at most
+    ``SMALL_KERNEL_WEIGHTS`` weights, or one input channel and at most
+    ``SINGLE_CHANNEL_MAX_TAPS`` taps, is computed as ``sum_{i,j} x[:, i::s, j::s, :] @
+    W[i, j]``, one small matmul per tap that XLA fuses into one loop. Under
+    differentiation (a ``jax.custom_vjp``) that sum is computed once into a buffer of its
+    own (:func:`edgefilter.own_buffer.own_buffer`) and the backward is lax's (Eq. 8 and
+    Eq. 12 of PAPER.md; for a first layer only the weight gradient survives XLA's dead
+    code elimination). Anything else goes to lax.
 
-    Why: XLA:CPU's convolution kernels are slow for very few channels. The first conv of
-    the paper's MNIST filter (3x3, 1 -> 6 channels) took 0.73 ms of the filter's 1.4 ms
-    forward on 64 instances here, and the filter's forward runs on every streamed chunk;
-    as a tap sum the whole forward took 1.1 ms against 2.2 ms (2-core CPU, jaxlib 0.10).
-    In a train step, though, XLA fused the tap sum's elementwise adds into each consumer
-    of the conv's output and so recomputed it in the backward; the im2col matmul's output
-    is materialized once. The filter's update on 21 instances took 2.0 ms against 2.5
-    (medians, alternating in one process, Zen 4 2-core CPU), while im2col for the forward
-    alone was slower than the tap sum (1.9 against 1.3 ms on 64 instances), hence one
-    path for each. Larger kernels are slower either way than lax's conv (LeNet's 5x5x1x20
-    first conv as im2col: its train step ran at 3400-3800 img/s against 4400-5000), hence
-    the limit. Same values as lax up to float rounding (tested).
+    Why: XLA:CPU's convolution kernels are slow for very few input channels: a conv then
+    has only ``kh * kw * c_in`` multiply-accumulates per output. The first conv of the
+    paper's MNIST filter (3x3, 1 -> 6 channels) took 0.73 ms of the filter's 1.4 ms
+    forward on 64 instances, and the filter's forward runs on every streamed chunk; as a
+    tap sum the whole forward took 1.1 ms against 2.2 ms (2-core CPU, jaxlib 0.10).
+    LeNet's first conv (5x5, 1 -> 20) on 64 instances: 0.68 against 1.3 ms. Left to
+    itself, XLA fuses the tap sum into each reader of the conv's output and recomputes it
+    there (LeNet's train step ran at 5400 instead of 7200 img/s), hence the buffer. Against
+    the im2col matmul this path used before under differentiation (with lax for LeNet's
+    first conv), alternating in one process on a 2-core Zen 4 CPU, medians of 9 rounds:
+    LeNet's SGD step (batch 64) 7500 -> 7820 img/s, the filter's update 1.57 -> 1.36 ms
+    on 21 instances and 3.31 -> 3.03 ms on 72. Same values as lax up to float rounding
+    (tested).
     """
     ones = (1,) * (lhs.ndim - 2)
+    few_weights = rhs.size <= SMALL_KERNEL_WEIGHTS
+    single_channel = lhs.ndim == 4 and rhs.shape[2] == 1
     tiny = (
         _is_nhwc(dimension_numbers, lhs.ndim)
-        and rhs.size <= SMALL_KERNEL_WEIGHTS
+        and (
+            few_weights
+            or (single_channel and rhs.shape[0] * rhs.shape[1] <= SINGLE_CHANNEL_MAX_TAPS)
+        )
         and tuple(lhs_dilation or ones) == ones
         and tuple(rhs_dilation or ones) == ones
         and feature_group_count == 1
@@ -341,4 +353,4 @@ def small_kernel_conv(
     if isinstance(padding, str):
         padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     lhs = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
-    return _tiny_valid_conv(lhs, rhs, tuple(window_strides), precision, preferred_element_type)
+    return _tap_conv(lhs, rhs, tuple(window_strides), precision, preferred_element_type)
