@@ -317,7 +317,7 @@ def small_kernel_conv(
     itself, XLA fuses the tap sum into each reader of the conv's output and recomputes it
     there (LeNet's train step ran at 5400 instead of 7200 img/s), hence the buffer. Against
     the im2col matmul this path used before under differentiation (with lax for LeNet's
-    first conv), alternating in one process on a 2-core Zen 4 CPU, medians of 9 rounds:
+    first conv), alternating in one process on a 2-core Intel Xeon (AVX-512), medians of 9 rounds:
     LeNet's SGD step (batch 64) 7500 -> 7820 img/s, the filter's update 1.57 -> 1.36 ms
     on 21 instances and 3.31 -> 3.03 ms on 72. Same values as lax up to float rounding
     (tested).
