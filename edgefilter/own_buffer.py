@@ -23,8 +23,8 @@ this directly, but XLA:CPU removes barriers before fusion; a conditional with id
 in both branches is removed as well.) The backward is the identity: cotangents pass
 straight through, without a conditional of their own.
 
-Measured (2-core Intel Xeon VM with AVX-512, jaxlib 0.10.2, medians of rounds alternating the
-variants in one process), ResNet-20's jitted train step at batch 128 with large conv
+Measured (2-core Intel Xeon VM with AVX-512, jaxlib 0.10.2, medians of rounds
+alternating the variants in one process), ResNet-20's jitted train step at batch 128 with large conv
 inputs in buffers of their own (``edgefilter.conv_backward``, ``edgefilter.emp``): dense
 435 -> 341-356 ms, EMP keep 0.25 380 -> 302-315 ms (``benchmarks.emp_step``). Putting
 the input of every conv but the first in one took LeNet's step (largest conv input

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from edgefilter import channel_fold, own_buffer
+from edgefilter import channel_fold, conv_backward, own_buffer
 
 ConvFn = Callable[..., jax.Array]
 DotFn = Callable[..., jax.Array]
@@ -270,14 +270,10 @@ def _tap_conv_bwd(
 ) -> tuple[jax.Array, jax.Array]:
     del out_dtype
     x, w = residuals
-
-    def conv(x: jax.Array, w: jax.Array) -> jax.Array:
-        return jax.lax.conv_general_dilated(
-            x, w, strides, "VALID", dimension_numbers=_NHWC, precision=precision
-        )
-
-    _, vjp = jax.vjp(conv, x, w)
-    dx, dw = vjp(g.astype(jnp.result_type(x, w)))
+    spec = conv_backward.ConvSpec.create(
+        x.shape, w.shape, strides, "VALID", dimension_numbers=_NHWC, precision=precision
+    )
+    dx, dw = conv_backward.lax_vjp(spec, x, w, g.astype(jnp.result_type(x, w)))
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
@@ -315,12 +311,12 @@ def small_kernel_conv(
     tap sum the whole forward took 1.1 ms against 2.2 ms (2-core CPU, jaxlib 0.10).
     LeNet's first conv (5x5, 1 -> 20) on 64 instances: 0.68 against 1.3 ms. Left to
     itself, XLA fuses the tap sum into each reader of the conv's output and recomputes it
-    there (LeNet's train step ran at 5400 instead of 7200 img/s), hence the buffer. Against
-    the im2col matmul this path used before under differentiation (with lax for LeNet's
-    first conv), alternating in one process on a 2-core Intel Xeon (AVX-512), medians of 9 rounds:
-    LeNet's SGD step (batch 64) 7500 -> 7820 img/s, the filter's update 1.57 -> 1.36 ms
-    on 21 instances and 3.31 -> 3.03 ms on 72. Same values as lax up to float rounding
-    (tested).
+    there (LeNet's train step ran at 5400 instead of 7200 img/s), hence the buffer.
+    Against the im2col matmul this path used before under differentiation (with lax for
+    LeNet's first conv), alternating in one process on a 2-core Intel Xeon (AVX-512),
+    medians of 9 rounds: LeNet's SGD step (batch 64) 7500 -> 7820 img/s, the filter's
+    update 1.57 -> 1.36 ms on 21 instances and 3.31 -> 3.03 ms on 72. Same values as lax
+    up to float rounding (tested).
     """
     ones = (1,) * (lhs.ndim - 2)
     few_weights = rhs.size <= SMALL_KERNEL_WEIGHTS
