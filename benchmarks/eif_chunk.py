@@ -15,7 +15,7 @@ From them: ``host_and_launch = eif_chunk - filter_predict - steps_per_chunk * ei
 the time the jitted parts do not explain (dispatch, the filter's decisions coming back
 to the host, packing); the measured reduction ``1 - eif_chunk / sgd_chunk``; and
 ``parts_only``, the reduction if ``host_and_launch`` were zero. Both are also given over
-the counted reduction of the chunks processed (``edgefilter.accounting``), the ratio
+the counted reduction of the chunks processed (``edgefilter.training.accounting``), the ratio
 ``benchmarks.methods`` reports for whole runs.
 
   .venv/bin/python -m benchmarks.eif_chunk --output=benchmarks/results/eif_chunk.json
@@ -36,13 +36,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from edgefilter import accounting, instance_filter
-from edgefilter import compile as compile_lib
-from edgefilter import config as config_lib
 from edgefilter import data as data_lib
-from edgefilter import loop as loop_lib
-from edgefilter import stream as stream_lib
-from edgefilter import train as train_lib
+from edgefilter.backends.xla_cpu import compile as compile_lib
+from edgefilter.method import instance_filter
+from edgefilter.training import accounting
+from edgefilter.training import config as config_lib
+from edgefilter.training import loop as loop_lib
+from edgefilter.training import steps as train_lib
+from edgefilter.training import stream as stream_lib
 from experiments import cli
 
 FLAGS = flags.FLAGS

@@ -22,11 +22,11 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from edgefilter import compile as compile_lib
-from edgefilter import config as config_lib
 from edgefilter import data as data_lib
-from edgefilter import emp, flops
-from edgefilter import train as train_lib
+from edgefilter.backends.xla_cpu import compile as compile_lib
+from edgefilter.method import emp, flops
+from edgefilter.training import config as config_lib
+from edgefilter.training import steps as train_lib
 from experiments import cli
 
 flags.DEFINE_list("keeps", ["0.5", "0.25"], "TopK keep ratios to compare with dense.")

@@ -22,9 +22,9 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from edgefilter import config as config_lib
 from edgefilter import data as data_lib
-from edgefilter import train as train_lib
+from edgefilter.training import config as config_lib
+from edgefilter.training import steps as train_lib
 from experiments import cli
 
 flags.DEFINE_integer("batch_size", 64, "Mini-batch size.", lower_bound=1)

@@ -10,7 +10,7 @@ One command, one process, one machine:
 3. LeNet SGD training throughput in PyTorch CPU eager against edgefilter's, as
    ``benchmarks.lenet_throughput`` measures it (skipped without torch).
 
-Each table row comes from ``edgefilter.comparison`` (see its docstring for the columns):
+Each table row comes from ``edgefilter.reporting.comparison`` (see its docstring for the columns):
 the counted reduction is analytic (MACs), the measured reduction is
 ``1 - train time / SGD's train time`` with evaluation, checkpointing and compilation
 excluded. The whole sequence of variants runs ``--repeats`` times (default 3, about 12-15
@@ -31,9 +31,9 @@ import numpy as np
 from absl import app, flags, logging
 
 from benchmarks import lenet_throughput
-from edgefilter import comparison
-from edgefilter import config as config_lib
 from edgefilter import data as data_lib
+from edgefilter.reporting import comparison
+from edgefilter.training import config as config_lib
 from experiments import cli
 
 flags.DEFINE_string("workdir", "/tmp/edgefilter_bench", "Where the runs go (wiped first).")

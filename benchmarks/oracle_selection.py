@@ -7,7 +7,7 @@ oracle: a main-network forward on the whole chunk, keeping the ``round(r * m)``
 instances with the largest loss (``--mode=oracle``), or a random ``round(r * m)`` of them
 (``--mode=random``, the no-skill baseline). Kept instances are packed into main steps of
 ``--train_batch`` instances (default ``round(r * m)``, one step per chunk), as in
-:mod:`edgefilter.eif_training`. Everything else is the paper's LeNet/MNIST setting.
+:mod:`edgefilter.training.eif_runner`. Everything else is the paper's LeNet/MNIST setting.
 The oracle's own forward passes make it no saving; it says how much accuracy a perfect
 ranking at that budget could keep:
 
@@ -25,11 +25,11 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from edgefilter import compile as compile_lib
-from edgefilter import config as config_lib
 from edgefilter import data as data_lib
-from edgefilter import stream as stream_lib
-from edgefilter import train as train_lib
+from edgefilter.backends.xla_cpu import compile as compile_lib
+from edgefilter.training import config as config_lib
+from edgefilter.training import steps as train_lib
+from edgefilter.training import stream as stream_lib
 from experiments import cli
 
 flags.DEFINE_enum("mode", "oracle", ["oracle", "random"], "How each chunk's kept part is chosen.")

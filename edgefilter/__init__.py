@@ -3,50 +3,41 @@
 A JAX/Flax implementation of Wu et al., "Enabling On-Device CNN Training by
 Self-Supervised Instance Filtering and Error Map Pruning" (IEEE TCAD 2020).
 
-Modules, one concept each:
+Layout (imports run one way: backends -> data, models -> method -> training -> reporting):
 
-* ``edgefilter.models``: the paper's networks, with pluggable conv/dot primitives.
-* ``edgefilter.emp``: error map pruning, a conv whose backward skips error channels.
-* ``edgefilter.eif``: the early instance filter's equations (Eq. 1-7).
-* ``edgefilter.flops``: analytic multiply-accumulate counts (forward and backward).
+* ``edgefilter.backends``: lowerings written for one backend's speed (XLA:CPU's), behind
+  one switch; the method reads the same without them.
 * ``edgefilter.data``: datasets (tfds, offline IDX files), normalisation, augmentation.
-* ``edgefilter.instance_filter``: the filter's state and its predict/update/window steps.
-* ``edgefilter.quant``: k-bit quantized conv/dense layers (Banner et al. 2018).
-* ``edgefilter.accounting``: the run's counted computation against SGD.
-* ``edgefilter.stream``: the instance stream and the packing queue.
-* ``edgefilter.train``: the main network's state, optimizer and jitted steps.
-* ``edgefilter.loop``: ``train_and_evaluate``, the loop behind the command line.
+* ``edgefilter.models``: the paper's networks, with pluggable conv/dot primitives.
+* ``edgefilter.method``: the paper's method: ``eif`` (Eq. 1-7), ``instance_filter``
+  (the filter as init/predict/update/end_window), ``emp`` (error map pruning, Eq. 8-14),
+  ``quant`` (k-bit training) and ``flops`` (analytic MAC counts). These modules are also
+  reachable as ``edgefilter.eif``, ``edgefilter.emp``, ... (the names of DESIGN.md).
+* ``edgefilter.training``: the run's config, train state and steps, the stream and its
+  runners, the loop, checkpoints, metrics and the compute accounting.
+* ``edgefilter.reporting``: tables comparing runs.
 """
 
-from edgefilter import (
-    accounting,
-    config,
-    data,
-    eif,
-    emp,
-    flops,
-    instance_filter,
-    loop,
-    models,
-    quant,
-    state,
-    stream,
-    train,
-)
+import sys
+
+from edgefilter import data, method, models, reporting, training
+from edgefilter.method import eif, emp, flops, instance_filter, quant
+
+# `import edgefilter.emp` (and the other method modules) keeps working: DESIGN.md's names.
+for _name in ("eif", "emp", "flops", "instance_filter", "quant"):
+    sys.modules[f"{__name__}.{_name}"] = getattr(method, _name)
+del _name
 
 __all__ = [
-    "accounting",
-    "config",
     "data",
     "eif",
     "emp",
     "flops",
     "instance_filter",
-    "loop",
+    "method",
     "models",
     "quant",
-    "state",
-    "stream",
-    "train",
+    "reporting",
+    "training",
 ]
 __version__ = "0.1.0"

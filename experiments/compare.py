@@ -4,7 +4,7 @@ The main job (README): LeNet on the offline Fashion-MNIST, EIF+EMP against SGD:
 
   python -m experiments.compare --workdir=runs/compare
 
-See ``edgefilter.comparison`` for what the table holds and the variants there are.
+See ``edgefilter.reporting.comparison`` for what the table holds and the variants there are.
 Every flag of ``experiments.train`` applies to all variants (``--epochs``, ``--bits``,
 ``--r_set``, ...). The table is printed and written to ``<workdir>/comparison.md`` and
 ``comparison.json``.
@@ -17,9 +17,9 @@ import os
 
 from absl import app, flags, logging
 
-from edgefilter import comparison
-from edgefilter import config as config_lib
 from edgefilter import data as data_lib
+from edgefilter.reporting import comparison
+from edgefilter.training import config as config_lib
 from experiments import cli
 from experiments import train as train_cli
 

@@ -4,7 +4,7 @@ r"""Command-line entry point: train one model with one method on one dataset.
       --workdir=/tmp/lenet_sgd
 
 Unset hyper-parameters take the paper's settings for the model and dataset (see
-``edgefilter.config``). Re-running with the same ``--workdir`` resumes the run from its
+``edgefilter.training.config``). Re-running with the same ``--workdir`` resumes the run from its
 latest checkpoint. A bad flag value or a dataset that cannot be had ends with one line
 on stderr naming the problem and exit status 2, before anything is written.
 """
@@ -15,9 +15,9 @@ import dataclasses
 
 from absl import app, flags, logging
 
-from edgefilter import config as config_lib
 from edgefilter import data as data_lib
-from edgefilter import loop
+from edgefilter.training import config as config_lib
+from edgefilter.training import loop
 from experiments.cli import fail, parse_flags
 
 _DEFAULTS = config_lib.TrainConfig()

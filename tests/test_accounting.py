@@ -17,9 +17,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from edgefilter import accounting, flops
-from edgefilter import config as config_lib
 from edgefilter import data as data_lib
+from edgefilter.method import flops
+from edgefilter.training import accounting
+from edgefilter.training import config as config_lib
 
 INFO = data_lib.DatasetInfo("tiny", 10, (28, 28, 1), (0.15,), (0.3,))
 LENET = dict(

@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgefilter import channel_fold
+from edgefilter.backends.xla_cpu import channel_fold
 
 
 @settings(max_examples=40, deadline=None)

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from edgefilter import checkpoint as checkpoint_lib
 from edgefilter import models
-from edgefilter import stream as stream_lib
-from edgefilter import train as train_lib
+from edgefilter.training import checkpoint as checkpoint_lib
+from edgefilter.training import steps as train_lib
+from edgefilter.training import stream as stream_lib
 
 
 def _tree(seed):

@@ -7,8 +7,8 @@ import pathlib
 
 import pytest
 
-from edgefilter import comparison
-from edgefilter import config as config_lib
+from edgefilter.reporting import comparison
+from edgefilter.training import config as config_lib
 
 
 def _summary(accuracy: float, trained: int, reduction: float, seconds: float, unit: str = "MAC"):

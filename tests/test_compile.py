@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from edgefilter import compile as compile_lib
+from edgefilter.backends.xla_cpu import compile as compile_lib
 
 DN = ("NHWC", "HWIO", "NHWC")
 

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from edgefilter import config as config_lib
+from edgefilter.training import config as config_lib
 
 TrainConfig = config_lib.TrainConfig
 

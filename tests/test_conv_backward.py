@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from edgefilter import conv_backward, own_buffer
+from edgefilter.backends.xla_cpu import conv_backward, own_buffer
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgefilter import eif
+from edgefilter.method import eif
 
 # Few, small examples: the suite shares two cores with other work.
 FAST = settings(max_examples=40, deadline=None)

@@ -16,11 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from edgefilter import config as config_lib
 from edgefilter import data as data_lib
-from edgefilter import eif_training, instance_filter, loop, models
-from edgefilter import stream as stream_lib
-from edgefilter import train as train_lib
+from edgefilter import models
+from edgefilter.method import instance_filter
+from edgefilter.training import config as config_lib
+from edgefilter.training import eif_runner as eif_training
+from edgefilter.training import loop
+from edgefilter.training import steps as train_lib
+from edgefilter.training import stream as stream_lib
 
 M = 32
 CHUNKS = 20  # Two epochs of the 320 training images of `tiny_dataset`.

@@ -22,7 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from edgefilter import conv_backward, emp, own_buffer
+from edgefilter.backends.xla_cpu import conv_backward, own_buffer
+from edgefilter.method import emp
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from edgefilter import emp, flops, models
+from edgefilter import models
+from edgefilter.method import emp, flops
 
 CPU = jax.devices("cpu")[0]
 NHWC = ("NHWC", "HWIO", "NHWC")

@@ -14,7 +14,8 @@ import numpy as np
 import optax
 import pytest
 
-from edgefilter import instance_filter, models
+from edgefilter import models
+from edgefilter.method import instance_filter
 
 M = 16  # Chunk size.
 SHAPE = (28, 28, 1)

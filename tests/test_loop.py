@@ -8,8 +8,9 @@ import chex
 import numpy as np
 import pytest
 
-from edgefilter import config as config_lib
-from edgefilter import eif_training, loop
+from edgefilter.training import config as config_lib
+from edgefilter.training import eif_runner as eif_training
+from edgefilter.training import loop
 
 
 def _small_config(**overrides):

@@ -5,7 +5,7 @@ import json
 import jax.numpy as jnp
 import numpy as np
 
-from edgefilter import metrics as metrics_lib
+from edgefilter.training import metrics as metrics_lib
 
 
 def _lines(workdir):

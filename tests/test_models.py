@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgefilter import models
-from edgefilter.models import layers
+from edgefilter.backends.xla_cpu import layers
 
 
 def _shapes(name, image_shape, num_classes=10, **options):

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgefilter import own_buffer
+from edgefilter.backends.xla_cpu import own_buffer
 
 
 def _conditionals(fn, *args) -> int:

@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from edgefilter import models, state
+from edgefilter import models
+from edgefilter.models import state
 
 
 def test_create_train_state_has_strong_types_and_batch_stats():

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgefilter import data as data_lib
-from edgefilter import stream as stream_lib
+from edgefilter.training import stream as stream_lib
 
 
 def test_stream_covers_every_instance_once_per_epoch_across_chunk_boundaries():

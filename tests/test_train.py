@@ -7,10 +7,11 @@ import numpy as np
 import optax
 import pytest
 
-from edgefilter import config as config_lib
 from edgefilter import data as data_lib
-from edgefilter import emp, flops, models
-from edgefilter import train as train_lib
+from edgefilter import models
+from edgefilter.method import emp, flops
+from edgefilter.training import config as config_lib
+from edgefilter.training import steps as train_lib
 
 
 def test_weighted_cross_entropy_matches_numpy():

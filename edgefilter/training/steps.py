@@ -1,6 +1,6 @@
 """The main network's training state, optimizer and jitted train/eval steps.
 
-Pure pieces that :mod:`edgefilter.loop` (the command line's training loop) and users'
+Pure pieces that :mod:`edgefilter.training.loop` (the command line's training loop) and users'
 own loops compose: ``create_train_state``, ``make_optimizer``, ``train_step_body`` /
 ``make_train_step`` and ``make_eval_step``. ``build_model`` builds a network with the
 conv/dense primitives the run asks for (EMP's pruned conv, k-bit quantized layers).
@@ -17,12 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from edgefilter import compile as compile_lib
-from edgefilter import config as config_lib
 from edgefilter import data as data_lib
-from edgefilter import emp, models, quant
-from edgefilter.models.layers import small_kernel_conv
-from edgefilter.state import TrainState, create_train_state
+from edgefilter import models
+from edgefilter.backends.xla_cpu import compile as compile_lib
+from edgefilter.backends.xla_cpu.layers import small_kernel_conv
+from edgefilter.method import emp, quant
+from edgefilter.models.state import TrainState, create_train_state
+from edgefilter.training import config as config_lib
 
 __all__ = [
     "TrainState",
@@ -180,9 +181,9 @@ def build_model(
     """Model ``name`` whose convs prune error maps (``policy``) and compute in ``bits``.
 
     At 32 bits without a policy these are lax's own primitives, except that convs compute
-    their error propagation by :mod:`edgefilter.conv_backward` (GEMM + overlap-add where
+    their error propagation by :mod:`backends.xla_cpu.conv_backward` (GEMM + overlap-add where
     that is cheaper) and a first conv with a tiny or single-channel kernel (LeNet's, the
-    MNIST filter's) runs as a sum of per-tap matmuls (``models.layers.small_kernel_conv``);
+    MNIST filter's) runs as a sum of per-tap matmuls (``xla_cpu.layers.small_kernel_conv``);
     the values are lax's either way. See :mod:`edgefilter.emp` and :mod:`edgefilter.quant`
     for what the others do. The first conv layer's backward stays dense unless
     ``prune_first_layer`` (see :mod:`edgefilter.emp`, "First layer").

@@ -12,7 +12,7 @@ that is often a poor trade:
 * error map pruning reads each error map twice, for the channel scores (Eq. 11) and for
   the gather of the kept channels, and each read recomputed the elementwise backward
   (batch norm, ReLU, residual add) that produced it;
-* a first conv computed as a sum of per-tap products (``models.layers.small_kernel_conv``)
+* a first conv computed as a sum of per-tap products (``backends.xla_cpu.layers.small_kernel_conv``)
   was recomputed in each reader of its output.
 
 A conditional's operand is computed into a buffer before the conditional runs, and XLA
@@ -25,7 +25,7 @@ straight through, without a conditional of their own.
 
 Measured (2-core Intel Xeon VM with AVX-512, jaxlib 0.10.2, medians of rounds
 alternating the variants in one process), ResNet-20's jitted train step at batch 128 with large conv
-inputs in buffers of their own (``edgefilter.conv_backward``, ``edgefilter.emp``): dense
+inputs in buffers of their own (``backends.xla_cpu.conv_backward``, ``edgefilter.emp``): dense
 435 -> 341-356 ms, EMP keep 0.25 380 -> 302-315 ms (``benchmarks.emp_step``). Putting
 the input of every conv but the first in one took LeNet's step (largest conv input
 64 x 12 x 12 x 20, a pooling output that is in memory anyway) from 9.4 to 9.6 ms, hence

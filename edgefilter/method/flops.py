@@ -38,7 +38,7 @@ Results are cached (:func:`functools.lru_cache`): repeated calls cost nothing.
 
 Example::
 
-    from edgefilter import flops
+    from edgefilter.method import flops
     sgd = flops.per_instance("resnet110", (32, 32, 3), 10)["train"]
     emp = flops.emp_train("resnet110", (32, 32, 3), 10, keep_ratio=0.5, batch_size=128)
     saved = 1 - emp["train"] / sgd
@@ -57,7 +57,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from edgefilter import emp, models
+from edgefilter import models
+from edgefilter.method import emp
 
 __all__ = [
     "KEYS",

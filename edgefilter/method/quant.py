@@ -13,7 +13,7 @@ Public API:
   replacements for :func:`jax.lax.conv_general_dilated` / :func:`jax.lax.dot_general`
   (same arguments), for ``flax.linen.Conv(conv_general_dilated=...)`` and
   ``flax.linen.Dense(dot_general=...)``. ``bits=32`` returns lax's ``dot_general`` and
-  :func:`edgefilter.conv_backward.conv_general_dilated` (lax's convolution).
+  :func:`edgefilter.backends.xla_cpu.conv_backward.conv_general_dilated` (lax's convolution).
   ``conv_general_dilated(bits, policy=...)`` composes with error map pruning
   (:mod:`edgefilter.emp`).
 * :func:`fake_quantize` (forward quantizer, round to nearest), :func:`fake_quantize_ste`
@@ -133,10 +133,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from edgefilter import conv_backward
+from edgefilter.backends.xla_cpu import conv_backward
 
 if TYPE_CHECKING:
-    from edgefilter import emp
+    from edgefilter.method import emp
 
 __all__ = [
     "FULL_PRECISION",
@@ -387,7 +387,7 @@ class QuantizedConv:
 
     Forward: ``conv(Q(lhs), Q(rhs))`` with :func:`fake_quantize_ste` on both operands.
     Backward: the output error is quantized by ``ErrorQuantizer(bits, seed)``; without a
-    policy the rest is :func:`edgefilter.conv_backward.conv_vjp` (on the quantized
+    policy the rest is :func:`edgefilter.backends.xla_cpu.conv_backward.conv_vjp` (on the quantized
     residuals), with a policy it is
     EMP's pruned backward, which applies the quantizer as its ``error_transform`` before
     scoring the channels. Made by :func:`conv_general_dilated`; frozen and hashable.
@@ -408,7 +408,7 @@ class QuantizedConv:
             out = conv_backward.conv_general_dilated(lhs, rhs, *args, **kwargs)
             return quantize_cotangent(self.error_quantizer, out)
         # Imported here so that quant does not depend on emp unless EMP is used.
-        from edgefilter import emp
+        from edgefilter.method import emp
 
         pruned = emp.conv_general_dilated(self.policy, error_transform=self.error_quantizer)
         return pruned(lhs, rhs, *args, **kwargs)
@@ -444,7 +444,7 @@ def conv_general_dilated(
 
     Args:
       bits: one of :data:`SUPPORTED_BITS`. ``32`` returns
-        :func:`edgefilter.conv_backward.conv_general_dilated` (lax's convolution, its
+        :func:`backends.xla_cpu.conv_backward.conv_general_dilated` (lax's convolution, its
         error propagation computed as GEMM + overlap-add where that is cheaper), or
         ``emp.conv_general_dilated(policy)`` when a policy is given.
       policy: optional EMP policy (``emp.TopK`` / ``emp.Threshold``). The forward then
@@ -461,7 +461,7 @@ def conv_general_dilated(
     if bits == FULL_PRECISION:
         if policy is None:
             return conv_backward.conv_general_dilated
-        from edgefilter import emp
+        from edgefilter.method import emp
 
         return emp.conv_general_dilated(policy)
     return QuantizedConv(bits=bits, seed=seed, policy=policy)

@@ -58,8 +58,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from edgefilter import eif
-from edgefilter.state import TrainState, create_train_state
+from edgefilter.method import eif
+from edgefilter.models.state import TrainState, create_train_state
 
 CONTROLS = ("quantile", "argmax")
 

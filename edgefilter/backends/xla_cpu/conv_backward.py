@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from edgefilter import own_buffer
+from edgefilter.backends.xla_cpu import own_buffer
 
 __all__ = [
     "GEMM_MIN_WASTE",

@@ -25,9 +25,9 @@ import threading
 import time
 from typing import Any
 
-from edgefilter import config as config_lib
 from edgefilter import data as data_lib
-from edgefilter import loop
+from edgefilter.training import config as config_lib
+from edgefilter.training import loop
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "sgd": {"method": "sgd"},

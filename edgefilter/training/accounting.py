@@ -27,9 +27,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgefilter import config as config_lib
 from edgefilter import data as data_lib
-from edgefilter import flops
+from edgefilter.method import flops
+from edgefilter.training import config as config_lib
 
 
 def run_compute(

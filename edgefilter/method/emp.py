@@ -29,7 +29,7 @@ Design notes:
   ``k = ceil(keep_ratio * n)``: their indices come from :func:`jax.lax.top_k`, the kept
   slices of ``delta`` (output feature axis) and of the kernel (output feature axis) are
   gathered, Eq. 8 and Eq. 12 are computed on the ``k``-channel operands by
-  :func:`edgefilter.conv_backward.conv_vjp` (lax's backward, except that Eq. 8 runs as one
+  :func:`backends.xla_cpu.conv_backward.conv_vjp` (lax's backward, except that Eq. 8 runs as one
   GEMM plus an overlap-add where lax's transposed conv would mostly multiply zeros; every
   layout, stride, padding and dilation that lax supports is handled), and the
   ``k``-channel weight gradient is scattered into a zero kernel gradient. Pruned channels
@@ -64,7 +64,7 @@ Design notes:
 * **Buffers of their own.** A large error map is computed once into its own buffer
   before it is scored and gathered, and a large input is before the convolution, so that
   XLA:CPU does not recompute their elementwise producers in each reader
-  (:func:`edgefilter.own_buffer.own_buffer`).
+  (:func:`edgefilter.backends.xla_cpu.own_buffer.own_buffer`).
 * **Dtypes.** Scores are computed in at least float32; the cotangents returned are in the
   primal dtypes (a bfloat16 layer gets bfloat16 gradients, like ``jax.grad`` gives).
 * **Error transform.** ``error_transform`` is an optional static hook applied to the
@@ -94,7 +94,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from edgefilter import channel_fold, conv_backward, own_buffer
+from edgefilter.backends.xla_cpu import channel_fold, conv_backward, own_buffer
 
 __all__ = [
     "ErrorTransform",
@@ -224,7 +224,7 @@ def _score_dtype(dtype: Any) -> Any:
 def _sum_over_all_but(x: jax.Array, axis: int) -> jax.Array:
     """``jnp.sum`` over every axis of ``x`` but ``axis`` (folded when it is the minor one).
 
-    See :mod:`edgefilter.channel_fold`: for NHWC error maps the column sum runs on a wide
+    See :mod:`backends.xla_cpu.channel_fold`: for NHWC error maps the column sum runs on a wide
     folded view, several times faster on XLA:CPU.
     """
     if axis == x.ndim - 1:

@@ -46,12 +46,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from edgefilter import compile as compile_lib
-from edgefilter import config as config_lib
 from edgefilter import data as data_lib
-from edgefilter import instance_filter
-from edgefilter import stream as stream_lib
-from edgefilter import train as train_lib
+from edgefilter.backends.xla_cpu import compile as compile_lib
+from edgefilter.method import instance_filter
+from edgefilter.training import config as config_lib
+from edgefilter.training import steps as train_lib
+from edgefilter.training import stream as stream_lib
 
 PROBE_QUEUE_BATCHES = 4
 
@@ -70,7 +70,7 @@ def make_predict_step(info: data_lib.DatasetInfo, fconfig: instance_filter.Filte
     """Jitted ``predict(filter_state, images_uint8, valid) -> (filter_state, Prediction)``.
 
     Compiled without XLA:CPU's fusion emitters: the filter's forward on every streamed
-    chunk runs faster so (``edgefilter/compile.py``).
+    chunk runs faster so (``edgefilter/backends/xla_cpu/compile.py``).
     """
 
     @functools.partial(compile_lib.jit, donate_argnums=0, fusion_emitters=False)

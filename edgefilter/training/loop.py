@@ -1,12 +1,12 @@
 """The training loop behind the command line: stream, methods, evaluation, checkpoints.
 
 ``train_and_evaluate(config, workdir)`` is what ``python -m experiments.train``, the
-notebooks and the end-to-end tests call. The stream (:mod:`edgefilter.stream`) delivers
+notebooks and the end-to-end tests call. The stream (:mod:`edgefilter.training.stream`) delivers
 chunks of ``batch_size`` instances; a *runner* decides what each chunk costs:
 
 * ``sgd`` / ``emp``: every chunk is one training batch (EMP prunes its backward);
 * ``eif`` / ``eif_emp``: the instance filter packs its selection into full batches
-  (:mod:`edgefilter.eif_training`).
+  (:mod:`edgefilter.training.eif_runner`).
 
 A run is determined by its config: the stream order comes from ``(seed, epoch)`` and
 the per-step randomness from ``fold_in(seed, step)``, and the whole loop state is one
@@ -25,13 +25,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from edgefilter import accounting, eif_training
-from edgefilter import checkpoint as checkpoint_lib
-from edgefilter import config as config_lib
 from edgefilter import data as data_lib
-from edgefilter import metrics as metrics_lib
-from edgefilter import stream as stream_lib
-from edgefilter import train as train_lib
+from edgefilter.training import accounting
+from edgefilter.training import checkpoint as checkpoint_lib
+from edgefilter.training import config as config_lib
+from edgefilter.training import eif_runner as eif_training
+from edgefilter.training import metrics as metrics_lib
+from edgefilter.training import steps as train_lib
+from edgefilter.training import stream as stream_lib
 
 
 class SgdRunner:

@@ -1,0 +1,1 @@
+"""Backend-specific lowerings, behind one switch (see ``edgefilter.backends.xla_cpu``)."""

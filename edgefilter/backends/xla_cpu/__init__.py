@@ -1,0 +1,1 @@
+"""XLA:CPU lowerings: compile options, conv backward, folded sums, own buffers, layers."""
