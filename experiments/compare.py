@@ -12,7 +12,6 @@ Every flag of ``experiments.train`` applies to all variants (``--epochs``, ``--b
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 from absl import app, flags, logging
@@ -46,7 +45,7 @@ def main(argv: list[str]) -> None:
         comparison.check_variants(FLAGS.variants)
         base = config_lib.resolve(train_cli.config_from_flags())
         for name in FLAGS.variants:
-            config_lib.validate(dataclasses.replace(base, **comparison.VARIANTS[name]))
+            config_lib.validate(comparison.variant(base, name))
         dataset = data_lib.load(base.dataset, base.data_dir)
     except (ValueError, data_lib.DataUnavailableError) as e:
         cli.fail(str(e))

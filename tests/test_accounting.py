@@ -35,8 +35,8 @@ M = 16
 
 def _config(**kwargs):
     return config_lib.resolve(
-        config_lib.TrainConfig(
-            model="lenet", dataset="mnist", batch_size=M, **{"eif_batch_size": M, **kwargs}
+        config_lib.from_flags(
+            {"model": "lenet", "dataset": "mnist", "batch_size": M, "eif_batch_size": M, **kwargs}
         )
     )
 

@@ -1,12 +1,17 @@
-"""Tests of edgefilter.config: the paper's defaults per dataset family, and validation."""
+"""Tests of edgefilter.training.config: the paper's defaults, validation, and the flags."""
 
-import dataclasses
-
+import jax
 import pytest
 
+from edgefilter.method import emp
 from edgefilter.training import config as config_lib
+from edgefilter.training import steps as train_lib
 
-TrainConfig = config_lib.TrainConfig
+TrainConfig, FilterConfig, EmpConfig = (
+    config_lib.TrainConfig,
+    config_lib.FilterConfig,
+    config_lib.EmpConfig,
+)
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist", "idx:/some/folder"])
@@ -64,11 +69,13 @@ def test_given_values_are_kept_and_only_none_is_filled():
 
 @pytest.mark.parametrize(
     "r_set, batch_size, eif_batch",
-    [(0.3, 64, 19), (0.4, 128, 51), (0.1, 64, 6), (0.01, 32, 1), (1.0, 16, 16)],
+    [(0.3, 64, 19), (0.4, 128, 51), (0.1, 64, 6), (0.01, 32, 1), (0.99, 16, 16)],
 )
 def test_eif_batch_is_r_set_of_the_chunk_by_default(r_set, batch_size, eif_batch):
     # The paper keeps 51 of 128 per mini-batch at R_set = 0.4.
-    config = config_lib.resolve(TrainConfig(dataset="mnist", r_set=r_set, batch_size=batch_size))
+    config = config_lib.resolve(
+        TrainConfig(dataset="mnist", filter=FilterConfig(r_set=r_set), batch_size=batch_size)
+    )
     assert config.eif_batch_size == eif_batch
     given = config_lib.resolve(TrainConfig(dataset="mnist", eif_batch_size=24))
     assert given.batch_size == 64 and given.eif_batch_size == 24
@@ -85,7 +92,7 @@ def test_without_any_sampling_nothing_is_probed():
         config = config_lib.resolve(
             TrainConfig(
                 dataset="mnist",
-                eif_uncertainty=False,
+                filter=FilterConfig(uncertainty=False),
                 eif_random_probes=0,
                 eif_probe_size=probe_size,
             )
@@ -95,41 +102,137 @@ def test_without_any_sampling_nothing_is_probed():
 
 def test_random_probes_alone_still_need_probe_slots():
     config = config_lib.resolve(
-        TrainConfig(dataset="mnist", eif_uncertainty=False, eif_random_probes=1)
+        TrainConfig(dataset="mnist", filter=FilterConfig(uncertainty=False), eif_random_probes=1)
     )
     assert config.eif_probe_size == 19 // 8
 
 
-def test_filter_config_carries_the_eif_flags():
-    config = config_lib.resolve(
-        TrainConfig(
-            method="eif",
+def test_label_rate_defaults_to_r_set():
+    config = config_lib.resolve(TrainConfig(filter=FilterConfig(r_set=0.2)))
+    assert config.filter.label_rate == 0.2
+    given = config_lib.resolve(TrainConfig(filter=FilterConfig(label_rate=0.1)))
+    assert given.filter.label_rate == 0.1
+
+
+def test_xla_cpu_defaults_to_whether_jax_runs_on_the_cpu():
+    assert config_lib.resolve(TrainConfig()).xla_cpu == (jax.default_backend() == "cpu")
+    assert config_lib.resolve(TrainConfig(xla_cpu=False)).xla_cpu is False
+
+
+# Every flag of `python -m experiments.train` that sets the run (--workdir and --progress
+# aside), with the default it had before the flags were derived from the config classes.
+FLAG_DEFAULTS = {
+    "model": "lenet",
+    "dataset": "fashion_mnist",
+    "method": "sgd",
+    "bits": 32,
+    "epochs": None,
+    "steps": None,
+    "batch_size": None,
+    "learning_rate": None,
+    "momentum": None,
+    "weight_decay": None,
+    "lr_boundaries": None,
+    "seed": 0,
+    "data_dir": None,
+    "eval_batch_size": 1000,
+    "checkpoint_every_steps": 1000,
+    "log_every_steps": 50,
+    "xla_cpu": None,
+    "emp_policy": "topk",
+    "emp_keep": 0.5,
+    "emp_threshold": 1.0,
+    "gamma1": 0.0,
+    "gamma2": 1.0,
+    "emp_first_layer": False,
+    "r_set": 0.3,
+    "alpha1": 1.05,
+    "alpha2": 0.95,
+    "eif_window": 10,
+    "entropy_threshold": 0.5,
+    "init_threshold": 1.0,
+    "eif_static_threshold": False,
+    "eif_uncertainty": True,
+    "eif_weighted": True,
+    "eif_control": "quantile",
+    "eif_label_rate": None,
+    "filter_model": None,
+    "filter_learning_rate": 0.1,
+    "filter_lr_decay_steps": None,
+    "eif_batch_size": None,
+    "eif_probe_size": None,
+    "eif_random_probes": 1,
+}
+
+
+def test_every_flag_keeps_its_name_and_default():
+    assert {f.name: f.default for f in config_lib.FLAGS} == FLAG_DEFAULTS
+    assert config_lib.as_flags(TrainConfig()) == FLAG_DEFAULTS
+    assert all(f.help for f in config_lib.FLAGS)
+
+
+def test_flags_set_the_nested_settings_and_round_trip():
+    values = {
+        "method": "eif_emp",
+        "lr_boundaries": ["0.5", "0.75"],  # As absl's list flags give them.
+        "r_set": 0.2,
+        "alpha1": 1.1,
+        "alpha2": 0.9,
+        "eif_window": 4,
+        "entropy_threshold": 0.3,
+        "init_threshold": 2.0,
+        "eif_static_threshold": True,
+        "eif_uncertainty": False,
+        "eif_weighted": False,
+        "eif_control": "argmax",
+        "eif_label_rate": 0.1,
+        "emp_policy": "threshold",
+        "emp_keep": 0.25,
+        "emp_threshold": 0.8,
+        "gamma1": 0.5,
+        "gamma2": 2.0,
+        "emp_first_layer": True,
+    }
+    config = config_lib.from_flags(values)
+    assert config == TrainConfig(
+        method="eif_emp",
+        lr_boundaries=(0.5, 0.75),
+        filter=FilterConfig(
             r_set=0.2,
             alpha1=1.1,
             alpha2=0.9,
-            eif_window=4,
+            window=4,
             entropy_threshold=0.3,
             init_threshold=2.0,
-            eif_static_threshold=True,
-            eif_uncertainty=False,
-            eif_weighted=False,
-            eif_control="argmax",
-            eif_label_rate=0.1,
-        )
+            static_threshold=True,
+            uncertainty=False,
+            weighted=False,
+            control="argmax",
+            label_rate=0.1,
+        ),
+        emp=EmpConfig(
+            policy="threshold",
+            keep_ratio=0.25,
+            threshold=0.8,
+            gamma1=0.5,
+            gamma2=2.0,
+            first_layer=True,
+        ),
     )
-    assert config_lib.filter_config(config) == config_lib.FilterConfig(
-        r_set=0.2,
-        alpha1=1.1,
-        alpha2=0.9,
-        window=4,
-        entropy_threshold=0.3,
-        init_threshold=2.0,
-        static_threshold=True,
-        uncertainty=False,
-        weighted=False,
-        control="argmax",
-        label_rate=0.1,
-    )
+    assert hash(config) == hash(config_lib.from_flags(values))  # Static under jit.
+    flat = config_lib.as_flags(config)
+    assert flat == {**FLAG_DEFAULTS, **values, "lr_boundaries": (0.5, 0.75)}
+    assert config_lib.from_flags(flat) == config
+    on_top = config_lib.from_flags({"eif_window": 7}, base=config)
+    assert on_top.filter.window == 7 and on_top.filter.r_set == 0.2 and on_top.emp == config.emp
+
+
+def test_emp_config_gives_the_policy_and_only_under_emp():
+    assert EmpConfig(keep_ratio=0.25, gamma1=0.5).as_policy() == emp.TopK(0.25, 0.5, 1.0)
+    threshold = EmpConfig(policy="threshold", threshold=0.8, gamma2=2.0)
+    assert threshold.as_policy() == emp.Threshold(0.8, 0.0, 2.0)
+    assert train_lib.emp_policy(TrainConfig(method="emp")) == emp.TopK(0.5)
+    assert train_lib.emp_policy(TrainConfig(method="eif")) is None
 
 
 def test_uses_emp_and_uses_eif_follow_the_method():
@@ -164,34 +267,11 @@ def test_uses_emp_and_uses_eif_follow_the_method():
         (dict(momentum=1.0), "--momentum=1.0 is invalid: must lie in [0, 1)"),
         (dict(weight_decay=-1e-4), "--weight_decay=-0.0001 is invalid: must be >= 0"),
         (dict(lr_boundaries=(0.5, 1.0)), "--lr_boundaries=(0.5, 1.0) is invalid: fractions"),
-        (
-            dict(emp_policy="random"),
-            "--emp_policy='random' is invalid: choose one of topk, threshold",
-        ),
-        (
-            dict(emp_keep=0.0),
-            "--emp_keep=0.0 is invalid: the kept fraction of channels must lie in (0, 1]",
-        ),
-        (dict(emp_keep=1.5), "--emp_keep=1.5 is invalid"),
-        (dict(emp_threshold=-1.0), "--emp_threshold=-1.0 is invalid: must be >= 0"),
-        (dict(gamma1=0.0, gamma2=0.0), "--gamma1=(0.0, 0.0) is invalid: gamma1 and gamma2 must"),
-        (dict(gamma1=-1.0), "--gamma1=(-1.0, 1.0) is invalid"),
         (dict(filter_model="resnet9"), "--filter_model='resnet9' is invalid: choose one of"),
         (dict(filter_learning_rate=0.0), "--filter_learning_rate=0.0 is invalid: must be > 0"),
         (dict(eif_probe_size=-1), "--eif_probe_size=-1 is invalid: must be >= 0"),
         (dict(eif_batch_size=0), "--eif_batch_size=0 is invalid: must be a positive number"),
         (dict(eif_random_probes=-1), "--eif_random_probes=-1 is invalid: must be >= 0"),
-        (dict(method="eif", r_set=1.0), "--r_set=1.0 is invalid: must lie in (0, 1)"),
-        (dict(method="eif", alpha1=0.5), "--alpha1=0.5 is invalid: must be >= 1"),
-        (dict(method="eif_emp", alpha2=1.5), "--alpha2=1.5 is invalid: must lie in (0, 1]"),
-        (dict(method="eif", eif_window=0), "--eif_window=0 is invalid: must be a positive"),
-        (dict(method="eif", eif_label_rate=1.0), "--eif_label_rate=1.0 is invalid: must lie in"),
-        (dict(method="eif", entropy_threshold=-1.0), "--entropy_threshold=-1.0 is invalid"),
-        (dict(method="eif", init_threshold=0.0), "--init_threshold=0.0 is invalid: must be > 0"),
-        (
-            dict(method="eif", eif_control="topk"),
-            "--eif_control='topk' is invalid: choose one of quantile, argmax",
-        ),
     ],
 )
 def test_bad_values_are_rejected_with_one_clear_message(kwargs, message):
@@ -201,13 +281,48 @@ def test_bad_values_are_rejected_with_one_clear_message(kwargs, message):
     assert "\n" not in str(info.value)
 
 
-def test_eif_flags_are_not_checked_when_the_filter_is_not_used():
-    config_lib.resolve(TrainConfig(method="sgd", r_set=1.0, eif_window=0))
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (dict(emp_policy="random"), "--emp_policy='random' is invalid: must be one of topk, "),
+        (dict(emp_keep=0.0), "--emp_keep=0.0 is invalid: must lie in (0, 1]"),
+        (dict(emp_keep=1.5), "--emp_keep=1.5 is invalid: must lie in (0, 1]"),
+        (dict(emp_threshold=-1.0), "--emp_threshold=-1.0 is invalid: must be a finite number"),
+        (dict(gamma1=-1.0), "--gamma1=-1.0 is invalid: must be a finite number >= 0"),
+        (dict(gamma1=0.0, gamma2=0.0), "gamma1=0.0 and gamma2=0.0 must not both be 0"),
+        (dict(r_set=1.0), "--r_set=1.0 is invalid: must lie in (0, 1)"),
+        (dict(alpha1=0.5), "--alpha1=0.5 is invalid: must be >= 1"),
+        (dict(alpha2=1.5), "--alpha2=1.5 is invalid: must lie in (0, 1]"),
+        (dict(eif_window=0), "--eif_window=0 is invalid: must be a positive integer"),
+        (dict(eif_label_rate=1.0), "--eif_label_rate=1.0 is invalid: must lie in (0, 1)"),
+        (dict(entropy_threshold=-1.0), "--entropy_threshold=-1.0 is invalid: must be >= 0"),
+        (dict(init_threshold=0.0), "--init_threshold=0.0 is invalid: must be > 0"),
+        (dict(eif_control="topk"), "--eif_control='topk' is invalid: must be one of quantile, "),
+        (dict(lr_boundaries="0.5,x"), "--lr_boundaries='0.5,x' is invalid: comma-separated"),
+        (dict(eif_windows=3), "unknown flags ['eif_windows']; the flags are model, dataset"),
+    ],
+)
+def test_bad_flag_values_are_rejected_naming_the_flag(values, message):
+    with pytest.raises(ValueError) as info:
+        config_lib.from_flags(values)
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
 
 
-def test_every_field_has_a_default_so_an_empty_config_resolves():
-    config = config_lib.resolve(TrainConfig())
-    assert all(
-        getattr(config, f.name) is not None or f.name in ("steps", "data_dir")
-        for f in dataclasses.fields(config)
-    )
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: EmpConfig(policy="random"), "policy='random' must be one of topk, threshold"),
+        (lambda: EmpConfig(keep_ratio=1.5), "keep_ratio=1.5 must lie in (0, 1]"),
+        (lambda: EmpConfig(threshold=-1.0), "threshold=-1.0 must be a finite number >= 0"),
+    ],
+)
+def test_emp_config_names_its_own_field(make, message):
+    with pytest.raises(ValueError) as info:
+        make()
+    assert str(info.value) == message
+
+
+def test_every_flag_has_a_value_once_resolved():
+    flat = config_lib.as_flags(config_lib.resolve(TrainConfig()))
+    assert [k for k, v in flat.items() if v is None] == ["steps", "data_dir"]

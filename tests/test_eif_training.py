@@ -46,7 +46,7 @@ def _config(**overrides):
         eval_batch_size=64,
     )
     base.update(overrides)
-    return config_lib.TrainConfig(**base)
+    return config_lib.from_flags(base)
 
 
 class _Spy:
@@ -265,7 +265,7 @@ def _slim_filter(config, info):
         eif_training.filter_optimizer(config),
         jax.random.key(1),
         info.image_shape,
-        config_lib.filter_config(config),
+        config.filter,
     )
 
 
@@ -276,7 +276,7 @@ def test_eif_step_equals_the_steps_done_by_hand(tiny_dataset):
             dataset="fashion_mnist", method="eif", batch_size=8, eif_probe_size=3
         )
     )
-    fconfig = config_lib.filter_config(config)
+    fconfig = config.filter
     main = train_lib.create_train_state(
         models.create("lenet_slim", 10),
         train_lib.make_optimizer(config, 100),
@@ -369,7 +369,7 @@ def test_runner_state_is_fresh_and_sized_for_the_batch(tiny_dataset):
         assert state[queue].items.shape == (eif_training.PROBE_QUEUE_BATCHES * PROBES,)
         assert len(state[queue]) == 0
     assert int(state["skipped_probes"]) == 0
-    assert float(state["filter"].threshold) == config.init_threshold
+    assert float(state["filter"].threshold) == config.filter.init_threshold
 
 
 def test_predict_step_is_compiled_without_fusion_emitters_and_predicts_the_same(
@@ -377,7 +377,7 @@ def test_predict_step_is_compiled_without_fusion_emitters_and_predicts_the_same(
 ):
     info = tiny_dataset.info
     config = config_lib.resolve(config_lib.TrainConfig(dataset="fashion_mnist", method="eif"))
-    fconfig = config_lib.filter_config(config)
+    fconfig = config.filter
     fstate = _slim_filter(config, info)
     jit_options = []
     real_jit = eif_training.compile_lib.jit

@@ -58,18 +58,20 @@ def _np_entropy(logits):
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("r_set", 0.0, "--r_set=0.0 is invalid: must lie in (0, 1)"),
-        ("r_set", 1.0, "--r_set=1.0 is invalid: must lie in (0, 1)"),
-        ("alpha1", 0.9, "--alpha1=0.9 is invalid: must be >= 1"),
-        ("alpha2", 0.0, "--alpha2=0.0 is invalid: must lie in (0, 1]"),
-        ("alpha2", 1.2, "--alpha2=1.2 is invalid: must lie in (0, 1]"),
-        ("window", 0, "--window=0 is invalid: must be a positive integer"),
-        ("entropy_threshold", -0.1, "--entropy_threshold=-0.1 is invalid: must be >= 0 (nats)"),
-        ("init_threshold", 0.0, "--init_threshold=0.0 is invalid: must be > 0"),
-        ("control", "topk", "--control='topk' is invalid: choose one of quantile, argmax"),
+        ("r_set", 0.0, "r_set=0.0 must lie in (0, 1)"),
+        ("r_set", 1.5, "r_set=1.5 must lie in (0, 1)"),
+        ("alpha1", 0.9, "alpha1=0.9 must be >= 1"),
+        ("alpha2", 0.0, "alpha2=0.0 must lie in (0, 1]"),
+        ("alpha2", 1.2, "alpha2=1.2 must lie in (0, 1]"),
+        ("window", 0, "window=0 must be a positive integer"),
+        ("entropy_threshold", -0.1, "entropy_threshold=-0.1 must be >= 0 (nats)"),
+        ("init_threshold", 0.0, "init_threshold=0.0 must be > 0"),
+        ("label_rate", 0.0, "label_rate=0.0 must lie in (0, 1) or be None (= r_set)"),
+        ("label_rate", 1.5, "label_rate=1.5 must lie in (0, 1) or be None (= r_set)"),
+        ("control", "topk", "control='topk' must be one of quantile, argmax"),
     ],
 )
-def test_filter_config_rejects_bad_values_with_one_clear_message(field, value, message):
+def test_filter_config_rejects_bad_values_naming_the_field(field, value, message):
     with pytest.raises(ValueError) as info:
         instance_filter.FilterConfig(**{field: value})
     assert str(info.value) == message
@@ -364,12 +366,6 @@ def test_label_rate_is_the_threshold_target_under_quantile_control(label_rate, c
     )
     new, _ = instance_filter.end_window(state, config)
     np.testing.assert_allclose(new.threshold, 2.0 * factor, rtol=1e-6)
-
-
-@pytest.mark.parametrize("label_rate", [0.0, 1.0, -0.1, 1.5])
-def test_label_rate_outside_the_unit_interval_is_refused(label_rate):
-    with pytest.raises(ValueError, match=f"--label_rate={label_rate!r}"):
-        instance_filter.FilterConfig(label_rate=label_rate)
 
 
 def test_static_threshold_keeps_t_l():

@@ -118,14 +118,14 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _check_gammas(owner: str, gamma1: Any, gamma2: Any) -> None:
+def _check_gammas(gamma1: Any, gamma2: Any) -> None:
     for name, value in (("gamma1", gamma1), ("gamma2", gamma2)):
         if not _is_real(value) or not (math.isfinite(value) and value >= 0.0):
-            raise ValueError(f"{owner}.{name} must be a finite number >= 0, got {value!r}.")
+            raise ValueError(f"{name}={value!r} must be a finite number >= 0")
     if gamma1 == 0.0 and gamma2 == 0.0:
         raise ValueError(
-            f"{owner}: gamma1 and gamma2 must not both be 0 (every channel would score 0), "
-            f"got gamma1={gamma1!r}, gamma2={gamma2!r}."
+            f"gamma1={gamma1!r} and gamma2={gamma2!r} must not both be 0 "
+            "(every channel would score 0)"
         )
 
 
@@ -148,8 +148,8 @@ class TopK:
     def __post_init__(self) -> None:
         r = self.keep_ratio
         if not _is_real(r) or not 0.0 < r <= 1.0:
-            raise ValueError(f"TopK.keep_ratio must be in (0, 1], got {r!r}.")
-        _check_gammas("TopK", self.gamma1, self.gamma2)
+            raise ValueError(f"keep_ratio={r!r} must lie in (0, 1]")
+        _check_gammas(self.gamma1, self.gamma2)
 
     def num_kept(self, num_channels: int) -> int:
         """Static kept count ``max(1, ceil(keep_ratio * num_channels))``.
@@ -189,11 +189,11 @@ class Threshold:
     def __post_init__(self) -> None:
         t = self.threshold
         if not _is_real(t) or not (math.isfinite(t) and t >= 0.0):
-            raise ValueError(f"Threshold.threshold must be a finite number >= 0, got {t!r}.")
-        _check_gammas("Threshold", self.gamma1, self.gamma2)
+            raise ValueError(f"threshold={t!r} must be a finite number >= 0")
+        _check_gammas(self.gamma1, self.gamma2)
         b = self.buckets
         if not isinstance(b, numbers.Integral) or isinstance(b, bool) or b < 1:
-            raise ValueError(f"Threshold.buckets must be an integer >= 1, got {b!r}.")
+            raise ValueError(f"buckets={b!r} must be an integer >= 1")
 
     def bucket_sizes(self, num_channels: int) -> tuple[int, ...]:
         """Static kept counts the backward can run with, ascending, ending at ``n``."""

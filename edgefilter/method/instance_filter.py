@@ -64,36 +64,52 @@ from edgefilter.models.state import TrainState, create_train_state
 CONTROLS = ("quantile", "argmax")
 
 
+def _setting(default: Any, help: str, flag: str | None = None) -> Any:
+    """A field with its command-line flag's help (and name, when not the field's own)."""
+    metadata = {"help": help} if flag is None else {"help": help, "flag": flag}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclasses.dataclass(frozen=True)
 class FilterConfig:
-    """Hyper-parameters of the filter (static under jit).
+    """Hyper-parameters of the filter (frozen and hashable: static under jit).
 
-    Attributes:
-      r_set: target fraction of the stream trained on, ``R_set`` (Eq. 3, 7).
-      alpha1: ``T_l`` multiplier when ``R_TH >= R_set`` (Eq. 3), > 1.
-      alpha2: ``T_l`` multiplier when ``R_TH < R_set`` (Eq. 3), < 1.
-      window: ``n``, the number of chunks over which ``R_TH`` is measured (Eq. 2).
-      entropy_threshold: ``entropy_T`` of Eq. 5, in nats (at most ln 2 = 0.693).
-      init_threshold: initial loss threshold ``T_l``.
-      static_threshold: ablation: keep ``T_l`` fixed at ``init_threshold``.
-      uncertainty: ``False`` is the ablation without uncertainty sampling (Eq. 4-5).
-      weighted: ``False`` is the ablation with an unweighted filter loss (Eq. 6-7).
-      control: ``"quantile"`` or ``"argmax"`` decision rule (see the module doc).
-      label_rate: under quantile control, the fraction of the stream ``T_l`` aims to
-        label H (Eq. 3's target; see the module doc); ``None`` means ``r_set``.
+    Each field's ``metadata["help"]`` says what it sets; ``edgefilter.training.config``
+    turns every field into a command-line flag of that help, named ``metadata["flag"]``
+    where the flag's name is not the field's (``window`` is ``--eif_window``). A bad value
+    raises ``ValueError`` naming the field: ``FilterConfig(r_set=1.5)`` says
+    ``r_set=1.5 must lie in (0, 1)``.
     """
 
-    r_set: float = 0.3
-    alpha1: float = 1.05
-    alpha2: float = 0.95
-    window: int = 10
-    entropy_threshold: float = 0.5
-    init_threshold: float = 1.0
-    static_threshold: bool = False
-    uncertainty: bool = True
-    weighted: bool = True
-    control: str = "quantile"
-    label_rate: float | None = None
+    r_set: float = _setting(0.3, "target fraction R_set of the stream trained on (Eq. 3, 7).")
+    alpha1: float = _setting(1.05, "T_l multiplier when R_TH >= R_set (Eq. 3), >= 1.")
+    alpha2: float = _setting(0.95, "T_l multiplier when R_TH < R_set (Eq. 3), in (0, 1].")
+    window: int = _setting(10, "chunks n over which R_TH is measured (Eq. 2).", "eif_window")
+    entropy_threshold: float = _setting(
+        0.5, "entropy_T of uncertainty sampling, in nats, at most ln 2 = 0.693 (Eq. 5)."
+    )
+    init_threshold: float = _setting(1.0, "initial loss threshold T_l (Eq. 1).")
+    static_threshold: bool = _setting(
+        False, "keep T_l fixed at init_threshold (an ablation).", "eif_static_threshold"
+    )
+    uncertainty: bool = _setting(
+        True, "uncertainty sampling (Eq. 4-5); False is the ablation.", "eif_uncertainty"
+    )
+    weighted: bool = _setting(
+        True, "class-weighted filter loss (Eq. 6-7); False is the ablation.", "eif_weighted"
+    )
+    control: str = _setting(
+        "quantile",
+        "decision rule: 'quantile' holds the kept ratio at R_set, 'argmax' is the paper's "
+        "(see the module doc).",
+        "eif_control",
+    )
+    label_rate: float | None = _setting(
+        None,
+        "under quantile control, the fraction of the stream T_l aims to label H "
+        "(Eq. 3's target; default: r_set).",
+        "eif_label_rate",
+    )
 
     @property
     def threshold_target(self) -> float:
@@ -103,34 +119,24 @@ class FilterConfig:
         return self.r_set
 
     def __post_init__(self) -> None:
+        label_rate = self.label_rate
         checks = [
-            ("r_set", self.r_set, 0 < self.r_set < 1, "must lie in (0, 1)"),
-            ("alpha1", self.alpha1, self.alpha1 >= 1, "must be >= 1"),
-            ("alpha2", self.alpha2, 0 < self.alpha2 <= 1, "must lie in (0, 1]"),
-            ("window", self.window, self.window >= 1, "must be a positive integer"),
-            (
-                "entropy_threshold",
-                self.entropy_threshold,
-                self.entropy_threshold >= 0,
-                "must be >= 0 (nats)",
-            ),
-            ("init_threshold", self.init_threshold, self.init_threshold > 0, "must be > 0"),
+            ("r_set", 0 < self.r_set < 1, "must lie in (0, 1)"),
+            ("alpha1", self.alpha1 >= 1, "must be >= 1"),
+            ("alpha2", 0 < self.alpha2 <= 1, "must lie in (0, 1]"),
+            ("window", self.window >= 1, "must be a positive integer"),
+            ("entropy_threshold", self.entropy_threshold >= 0, "must be >= 0 (nats)"),
+            ("init_threshold", self.init_threshold > 0, "must be > 0"),
             (
                 "label_rate",
-                self.label_rate,
-                self.label_rate is None or 0 < self.label_rate < 1,
+                label_rate is None or 0 < label_rate < 1,
                 "must lie in (0, 1) or be None (= r_set)",
             ),
-            (
-                "control",
-                self.control,
-                self.control in CONTROLS,
-                f"choose one of {', '.join(CONTROLS)}",
-            ),
+            ("control", self.control in CONTROLS, f"must be one of {', '.join(CONTROLS)}"),
         ]
-        for name, value, ok, allowed in checks:
+        for name, ok, allowed in checks:
             if not ok:
-                raise ValueError(f"--{name}={value!r} is invalid: {allowed}")
+                raise ValueError(f"{name}={getattr(self, name)!r} {allowed}")
 
 
 class FilterState(struct.PyTreeNode):

@@ -13,12 +13,11 @@ Variants are the methods plus named ablations of the filter: ``eif_static`` (fix
 T_l), ``eif_unweighted`` (unweighted filter loss), ``eif_argmax`` (the paper's argmax
 decision instead of quantile control), ``eif_argmax_static`` (argmax and a fixed T_l:
 the paper's static-threshold ablation) and ``eif_no_uncertainty`` (no uncertainty
-sampling).
+sampling). A variant is a set of flag values (``config.from_flags``) over the base config.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import threading
@@ -52,6 +51,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "eif_no_uncertainty": {"method": "eif", "eif_uncertainty": False},
 }
+
+
+def variant(base: config_lib.TrainConfig, name: str) -> config_lib.TrainConfig:
+    """``base`` with the flag values of ``VARIANTS[name]``."""
+    return config_lib.from_flags(VARIANTS[name], base)
 
 
 class PeakMemory:
@@ -117,7 +121,7 @@ def compare(
     """Runs ``variants`` of ``base`` on ``dataset``; returns and writes the table."""
     rows = []
     for name in variants:
-        config = dataclasses.replace(base, **VARIANTS[name])
+        config = variant(base, name)
         with PeakMemory() as memory:
             summary = loop.train_and_evaluate(
                 config, os.path.join(workdir, name), dataset=dataset, show_progress=show_progress
@@ -182,9 +186,7 @@ def merge(workdirs: list[str], out: str) -> str:
         with open(os.path.join(workdir, "comparison.json")) as f:
             payload = json.load(f)
         rows += payload["rows"]
-        base = base or config_lib.TrainConfig(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()}
-        )
+        base = base or config_lib.from_flags(payload["config"])
     add_measured_reduction(rows)
     os.makedirs(out, exist_ok=True)
     return write_table(rows, base, out)
@@ -223,5 +225,5 @@ def write_table(rows: list[dict[str, Any]], base: config_lib.TrainConfig, workdi
     with open(os.path.join(workdir, "comparison.md"), "w") as f:
         f.write(markdown)
     with open(os.path.join(workdir, "comparison.json"), "w") as f:
-        json.dump({"config": dataclasses.asdict(base), "rows": rows}, f, indent=2)
+        json.dump({"config": config_lib.as_flags(base), "rows": rows}, f, indent=2)
     return markdown

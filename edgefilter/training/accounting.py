@@ -41,15 +41,15 @@ def run_compute(
     batch = config.eif_batch_size if config.uses_eif else m  # Instances per main step.
     main_steps = int(loop["state"].step)
     slots = main_steps * batch
-    counted_dense = config.uses_emp and config.emp_policy != "topk"
+    counted_dense = config.uses_emp and config.emp.policy != "topk"
     if config.uses_emp and not counted_dense:
         pruned = flops.emp_train(
             config.model,
             shape,
             classes,
-            config.emp_keep,
+            config.emp.keep_ratio,
             batch_size=batch,
-            prune_first_layer=config.emp_first_layer,
+            prune_first_layer=config.emp.first_layer,
         )
         backward = pruned["error_propagation"] + pruned["weight_gradient"]
         selection = pruned["selection"] * slots

@@ -1,8 +1,15 @@
-"""Run configuration: every command-line flag, the paper's defaults, and validation.
+"""Run configuration: every setting of a run, defined once, with the paper's defaults.
 
 A :class:`TrainConfig` is a frozen dataclass, so it is hashable and safe to close over
-in jitted code. Fields left as ``None`` take the paper's setting for the chosen model
-and dataset when :func:`resolve` is called (PAPER.md, "Training settings"):
+in jitted code. It nests the instance filter's settings (``filter``, a
+:class:`~edgefilter.method.instance_filter.FilterConfig`) and error map pruning's
+(``emp``, an :class:`EmpConfig`)::
+
+  config = TrainConfig(method="eif_emp", filter=FilterConfig(r_set=0.4),
+                       emp=EmpConfig(keep_ratio=0.25))
+
+Fields left as ``None`` take the paper's setting for the chosen model and dataset when
+:func:`resolve` is called (PAPER.md, "Training settings"):
 
 * MNIST-like data (mnist, fashion_mnist, idx:*): lr 0.01, momentum 0.5, no weight
   decay, batch 64, 20 epochs, constant learning rate.
@@ -13,68 +20,150 @@ and dataset when :func:`resolve` is called (PAPER.md, "Training settings"):
 
 Under the instance filter the main network trains on packed batches of
 ``eif_batch_size = round(r_set * batch_size)`` instances: one step per stream
-mini-batch on average, as the paper's main network takes (see ``eif_training``).
+mini-batch on average, as the paper's main network takes (see ``eif_runner``).
+
+**Flags.** Every leaf field of the nested config is one command-line flag: its type and
+default are the field's, its help is ``metadata["help"]`` and its name the field's own
+or ``metadata["flag"]`` (``FilterConfig.window`` is ``--eif_window``). :data:`FLAGS`
+lists them; ``experiments.cli`` defines the absl flags from that list. :func:`as_flags`
+flattens a config into ``{flag: value}`` (what ``config.json`` and ``summary.json``
+record) and :func:`from_flags` builds one back, naming the flag in its errors
+(``--eif_window=0 is invalid: must be a positive integer``) where the nested classes name
+their field (``window=0 must be a positive integer``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import jax
+
+from edgefilter import backends, models
 from edgefilter import data as data_lib
-from edgefilter import models
-from edgefilter.instance_filter import CONTROLS, FilterConfig
+from edgefilter.method import emp
+from edgefilter.method.instance_filter import CONTROLS, FilterConfig
+
+__all__ = [
+    "BITS",
+    "CONTROLS",
+    "EMP_POLICIES",
+    "FLAGS",
+    "METHODS",
+    "EmpConfig",
+    "FilterConfig",
+    "Flag",
+    "TrainConfig",
+    "as_flags",
+    "dataset_family",
+    "from_flags",
+    "resolve",
+    "validate",
+]
 
 METHODS = ("sgd", "emp", "eif", "eif_emp")
 EMP_POLICIES = ("topk", "threshold")
 BITS = (32, 16, 8, 6, 4)
 
 
+def setting(default: Any, help: str, flag: str | None = None) -> Any:
+    """A config field: its default, its flag's help, and the flag's name if not the field's."""
+    metadata = {"help": help} if flag is None else {"help": help, "flag": flag}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmpConfig:
+    """Error map pruning's settings (PAPER.md Eq. 8-14); :meth:`as_policy` is the policy.
+
+    Both policies' parameters are kept, so that switching ``policy`` needs no other
+    setting; a bad value raises ``ValueError`` naming the field (through
+    :class:`~edgefilter.method.emp.TopK` and :class:`~edgefilter.method.emp.Threshold`,
+    which check their own parameters).
+    """
+
+    policy: str = setting("topk", f"one of {', '.join(EMP_POLICIES)}.", "emp_policy")
+    keep_ratio: float = setting(
+        0.5, "fraction of error channels the topk policy keeps.", "emp_keep"
+    )
+    threshold: float = setting(
+        1.0, "the threshold policy keeps channels with S_j >= threshold * mean(S).", "emp_threshold"
+    )
+    gamma1: float = setting(emp.TopK.gamma1, "weight of ||W_j||_1 in the score S_j (Eq. 11).")
+    gamma2: float = setting(emp.TopK.gamma2, "weight of ||delta_ij||_1 in S_j (Eq. 11).")
+    first_layer: bool = setting(
+        False,
+        "prune the first conv layer's backward too (default: it stays dense).",
+        "emp_first_layer",
+    )
+
+    def __post_init__(self) -> None:
+        if self.policy not in EMP_POLICIES:
+            raise ValueError(f"policy={self.policy!r} must be one of {', '.join(EMP_POLICIES)}")
+        emp.TopK(self.keep_ratio, self.gamma1, self.gamma2)
+        emp.Threshold(self.threshold, self.gamma1, self.gamma2)
+
+    def as_policy(self) -> emp.Policy:
+        """The pruning policy: ``TopK`` or ``Threshold`` with these parameters (Eq. 11)."""
+        if self.policy == "topk":
+            return emp.TopK(self.keep_ratio, self.gamma1, self.gamma2)
+        return emp.Threshold(self.threshold, self.gamma1, self.gamma2)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """All settings of one run; ``None`` means "the paper's default" (see module doc)."""
 
-    model: str = "lenet"
-    dataset: str = "fashion_mnist"
-    method: str = "sgd"
-    bits: int = 32
-    epochs: float | None = None
-    steps: int | None = None
-    batch_size: int | None = None
-    learning_rate: float | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    lr_boundaries: tuple[float, ...] | None = None  # Fractions of training; lr /= 10 at each.
-    seed: int = 0
-    data_dir: str | None = None
-    eval_batch_size: int = 1000
-    checkpoint_every_steps: int = 1000
-    log_every_steps: int = 50
-    # Error map pruning (PAPER.md Eq. 11).
-    emp_policy: str = "topk"
-    emp_keep: float = 0.5
-    emp_threshold: float = 1.0
-    gamma1: float = 0.0
-    gamma2: float = 1.0
-    emp_first_layer: bool = False  # Prune the first conv layer's backward too.
-    # Early instance filter (PAPER.md Eq. 1-7; see edgefilter.instance_filter).
-    r_set: float = FilterConfig.r_set
-    alpha1: float = FilterConfig.alpha1
-    alpha2: float = FilterConfig.alpha2
-    eif_window: int = FilterConfig.window
-    entropy_threshold: float = FilterConfig.entropy_threshold
-    init_threshold: float = FilterConfig.init_threshold
-    filter_model: str | None = None  # lenet_slim / resnet8 / resnet10 by dataset.
-    filter_learning_rate: float = 0.1
-    filter_lr_decay_steps: int | None = None  # MNIST: 940 filter updates, then lr / 2.
-    eif_batch_size: int | None = None  # Packed main-network batch under EIF: r_set * m.
-    eif_probe_size: int | None = None  # Sampled instances per main step: eif_batch_size // 8.
-    eif_random_probes: int = 1  # Random predicted-L instances sampled per chunk.
-    eif_control: str = FilterConfig.control
-    eif_label_rate: float | None = FilterConfig.label_rate
-    eif_static_threshold: bool = False
-    eif_uncertainty: bool = True
-    eif_weighted: bool = True
+    model: str = setting("lenet", "Main network: one of edgefilter.models.")
+    dataset: str = setting(
+        "fashion_mnist", "mnist, fashion_mnist, cifar10, cifar100, imagenet2012 or idx:/folder."
+    )
+    method: str = setting("sgd", f"One of: {', '.join(METHODS)}.")
+    bits: int = setting(32, f"Training precision: {', '.join(map(str, BITS))}.")
+    epochs: float | None = setting(None, "Epochs over the training set (default: the paper's).")
+    steps: int | None = setting(None, "Training steps instead of --epochs.")
+    batch_size: int | None = setting(None, "Mini-batch size m (default: the paper's).")
+    learning_rate: float | None = setting(None, "Initial learning rate (default: the paper's).")
+    momentum: float | None = setting(None, "SGD momentum (default: the paper's).")
+    weight_decay: float | None = setting(None, "L2 weight decay (default: the paper's).")
+    lr_boundaries: tuple[float, ...] | None = setting(
+        None, "Fractions of training at which the learning rate is divided by 10."
+    )
+    seed: int = setting(0, "Seed of initialisation and stream order.")
+    data_dir: str | None = setting(None, "tensorflow-datasets data directory.")
+    eval_batch_size: int = setting(1000, "Evaluation batch size.")
+    checkpoint_every_steps: int = setting(
+        1000, "Checkpoint period in steps (also at every epoch end)."
+    )
+    log_every_steps: int = setting(50, "How often per-step metrics are flushed to metrics.jsonl.")
+    xla_cpu: bool | None = setting(
+        None, "XLA:CPU lowerings: default on when jax.default_backend() is cpu."
+    )
+    emp: EmpConfig = setting(EmpConfig(), "EMP")
+    filter: FilterConfig = setting(FilterConfig(), "EIF")
+    filter_model: str | None = setting(
+        None, "EIF: filter network (default: lenet_slim, resnet8 or resnet10 by dataset)."
+    )
+    filter_learning_rate: float = setting(0.1, "EIF: filter lr.")
+    filter_lr_decay_steps: int | None = setting(
+        None, "EIF: filter updates after which its lr halves (MNIST: 940; 0: never)."
+    )
+    eif_batch_size: int | None = setting(
+        None,
+        "EIF: instances per main-network step, packed from the filter's selection "
+        "(default: round(r_set * batch_size), one main step per chunk as in the paper).",
+    )
+    eif_probe_size: int | None = setting(
+        None, "EIF: uncertainty-sampled instances probed per main step (eif_batch_size/8)."
+    )
+    eif_random_probes: int = setting(
+        1,
+        "EIF: random predicted-L instances sampled per chunk (set T_l under quantile control).",
+    )
 
     @property
     def uses_emp(self) -> bool:
@@ -83,6 +172,9 @@ class TrainConfig:
     @property
     def uses_eif(self) -> bool:
         return self.method in ("eif", "eif_emp")
+
+
+# --- The paper's defaults -------------------------------------------------------------------
 
 
 def dataset_family(dataset: str) -> str:
@@ -121,123 +213,243 @@ _PAPER = {
         lr_boundaries=(1 / 3, 2 / 3),
     ),
 }
+_FILTER_MODELS = {"mnist": "lenet_slim", "cifar": "resnet8", "imagenet": "resnet10"}
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """Validates ``config`` and fills every ``None`` with the paper's default."""
+    validate(config)
+    family = dataset_family(config.dataset)
+    paper = dict(_PAPER[family])
+    if config.epochs is not None or config.steps is not None:
+        paper.pop("epochs", None)
+        paper.pop("steps", None)
+    paper["filter_model"] = _FILTER_MODELS[family]
+    # The paper's MNIST filter: lr 0.1 decayed to 0.05 after 0.94k iterations.
+    paper["filter_lr_decay_steps"] = 940 if family == "mnist" else 0
+    filled = {k: v for k, v in paper.items() if getattr(config, k) is None}
+    filled.update(_eif_sizes(config, config.batch_size or paper["batch_size"]))
+    if config.filter.label_rate is None:  # T_l aims at labelling R_set of the stream H.
+        filled["filter"] = dataclasses.replace(config.filter, label_rate=config.filter.r_set)
+    filled["xla_cpu"] = _use_xla_cpu(config.xla_cpu)
+    return dataclasses.replace(config, **filled)
+
+
+def _eif_sizes(config: TrainConfig, batch_size: int) -> dict[str, int]:
+    """The packed main batch and the probes per main step, unless given."""
+    # The paper's main network takes one step per stream mini-batch, on the ~R_set * m
+    # instances it keeps; packed steps of that size take as many steps as SGD.
+    eif_batch = config.eif_batch_size or max(1, round(config.filter.r_set * batch_size))
+    sizes = {"eif_batch_size": eif_batch}
+    if not config.filter.uncertainty and config.eif_random_probes == 0:
+        sizes["eif_probe_size"] = 0  # Nothing is sampled, so nothing is probed.
+    elif config.eif_probe_size is None:
+        sizes["eif_probe_size"] = max(1, eif_batch // 8)
+    return sizes
+
+
+def _use_xla_cpu(requested: bool | None) -> bool:
+    """The backend switch's state: ``requested``, else on when JAX's backend is the CPU."""
+    use_xla_cpu = getattr(backends, "use_xla_cpu", None)
+    if use_xla_cpu is not None:
+        return use_xla_cpu(requested)
+    return jax.default_backend() == "cpu" if requested is None else requested
+
+
+# --- Validation of the run-level fields (FilterConfig and EmpConfig check their own) -------
+
+
+def _fail(name: str, value: object, allowed: str) -> typing.NoReturn:
+    raise ValueError(f"--{name}={value!r} is invalid: {allowed}")
 
 
 def validate(config: TrainConfig) -> None:
-    """Raises ``ValueError`` naming the first bad value and what is allowed."""
+    """Raises ``ValueError`` naming the first bad value (as its flag) and what is allowed.
 
-    def fail(name: str, value: object, allowed: str) -> None:
-        raise ValueError(f"--{name}={value!r} is invalid: {allowed}")
+    The nested ``filter`` and ``emp`` settings were checked when they were constructed.
+    """
+    _check_choices(config)
+    _check_positive(config)
+    _check_optimizer(config)
+    _check_probes(config)
 
+
+def _check_choices(config: TrainConfig) -> None:
+    """The names: model, dataset, method, precision and filter network."""
     if config.model not in models.MODEL_NAMES:
-        fail("model", config.model, f"choose one of {', '.join(models.MODEL_NAMES)}")
+        _fail("model", config.model, f"choose one of {', '.join(models.MODEL_NAMES)}")
     if not (config.dataset.startswith("idx:") or config.dataset in data_lib.KNOWN_DATASETS):
-        fail(
-            "dataset",
-            config.dataset,
-            f"choose one of {', '.join(data_lib.KNOWN_DATASETS)} or idx:/path/to/folder",
-        )
+        known = ", ".join(data_lib.KNOWN_DATASETS)
+        _fail("dataset", config.dataset, f"choose one of {known} or idx:/path/to/folder")
     if config.method not in METHODS:
-        fail("method", config.method, f"choose one of {', '.join(METHODS)}")
+        _fail("method", config.method, f"choose one of {', '.join(METHODS)}")
     if config.bits not in BITS:
-        fail("bits", config.bits, f"choose one of {', '.join(map(str, BITS))}")
+        _fail("bits", config.bits, f"choose one of {', '.join(map(str, BITS))}")
+    if config.filter_model is not None and config.filter_model not in models.MODEL_NAMES:
+        _fail("filter_model", config.filter_model, f"choose one of {', '.join(models.MODEL_NAMES)}")
+
+
+def _check_positive(config: TrainConfig) -> None:
+    """The run's length, batch sizes and cadences: positive finite numbers (or None)."""
     if config.epochs is not None and config.steps is not None:
-        fail("steps", config.steps, "give --epochs or --steps, not both")
-    positive = {
-        "epochs": config.epochs,
-        "steps": config.steps,
-        "batch_size": config.batch_size,
-        "learning_rate": config.learning_rate,
-        "eval_batch_size": config.eval_batch_size,
-        "checkpoint_every_steps": config.checkpoint_every_steps,
-        "log_every_steps": config.log_every_steps,
-        "eif_batch_size": config.eif_batch_size,
-    }
-    for name, value in positive.items():
+        _fail("steps", config.steps, "give --epochs or --steps, not both")
+    for name in (
+        "epochs",
+        "steps",
+        "batch_size",
+        "learning_rate",
+        "eval_batch_size",
+        "checkpoint_every_steps",
+        "log_every_steps",
+        "eif_batch_size",
+    ):
+        value = getattr(config, name)
         if value is not None and not (
             isinstance(value, int | float)
             and not isinstance(value, bool)
             and value > 0
             and math.isfinite(value)
         ):
-            fail(name, value, "must be a positive number")
+            _fail(name, value, "must be a positive number")
+
+
+def _check_optimizer(config: TrainConfig) -> None:
+    """Momentum, weight decay, learning-rate boundaries and the filter's learning rate."""
     if config.momentum is not None and not 0 <= config.momentum < 1:
-        fail("momentum", config.momentum, "must lie in [0, 1)")
+        _fail("momentum", config.momentum, "must lie in [0, 1)")
     if config.weight_decay is not None and config.weight_decay < 0:
-        fail("weight_decay", config.weight_decay, "must be >= 0")
+        _fail("weight_decay", config.weight_decay, "must be >= 0")
     if config.lr_boundaries is not None and any(not 0 < b < 1 for b in config.lr_boundaries):
-        fail("lr_boundaries", config.lr_boundaries, "fractions of training, each in (0, 1)")
-    if config.emp_policy not in EMP_POLICIES:
-        fail("emp_policy", config.emp_policy, f"choose one of {', '.join(EMP_POLICIES)}")
-    if not 0 < config.emp_keep <= 1:
-        fail("emp_keep", config.emp_keep, "the kept fraction of channels must lie in (0, 1]")
-    if config.emp_threshold < 0:
-        fail("emp_threshold", config.emp_threshold, "must be >= 0")
-    if config.filter_model is not None and config.filter_model not in models.MODEL_NAMES:
-        fail("filter_model", config.filter_model, f"choose one of {', '.join(models.MODEL_NAMES)}")
+        _fail("lr_boundaries", config.lr_boundaries, "fractions of training, each in (0, 1)")
     if not config.filter_learning_rate > 0:
-        fail("filter_learning_rate", config.filter_learning_rate, "must be > 0")
+        _fail("filter_learning_rate", config.filter_learning_rate, "must be > 0")
+
+
+def _check_probes(config: TrainConfig) -> None:
+    """The filter's sampled instances per main step and per chunk."""
     if config.eif_probe_size is not None and config.eif_probe_size < 0:
-        fail("eif_probe_size", config.eif_probe_size, "must be >= 0")
+        _fail("eif_probe_size", config.eif_probe_size, "must be >= 0")
     if config.eif_random_probes < 0:
-        fail("eif_random_probes", config.eif_random_probes, "must be >= 0")
-    if config.uses_eif:
-        # FilterConfig names these `window`, `control`, `label_rate`; name the flags instead.
-        if not config.eif_window >= 1:
-            fail("eif_window", config.eif_window, "must be a positive integer")
-        if config.eif_control not in CONTROLS:
-            fail("eif_control", config.eif_control, f"choose one of {', '.join(CONTROLS)}")
-        if config.eif_label_rate is not None and not 0 < config.eif_label_rate < 1:
-            fail("eif_label_rate", config.eif_label_rate, "must lie in (0, 1)")
-        filter_config(config)  # Raises for a bad r_set, alpha1, alpha2, entropy_threshold, ...
-    if config.gamma1 < 0 or config.gamma2 < 0 or config.gamma1 + config.gamma2 == 0:
-        fail(
-            "gamma1",
-            (config.gamma1, config.gamma2),
-            "gamma1 and gamma2 must be >= 0 and not both zero",
-        )
+        _fail("eif_random_probes", config.eif_random_probes, "must be >= 0")
 
 
-_FILTER_MODELS = {"mnist": "lenet_slim", "cifar": "resnet8", "imagenet": "resnet10"}
+# --- Flags: derived from the fields -----------------------------------------------------------
 
 
-def filter_config(config: TrainConfig) -> FilterConfig:
-    """The instance filter's hyper-parameters from the run's flags."""
-    return FilterConfig(
-        r_set=config.r_set,
-        alpha1=config.alpha1,
-        alpha2=config.alpha2,
-        window=config.eif_window,
-        entropy_threshold=config.entropy_threshold,
-        init_threshold=config.init_threshold,
-        static_threshold=config.eif_static_threshold,
-        uncertainty=config.eif_uncertainty,
-        weighted=config.eif_weighted,
-        control=config.eif_control,
-        label_rate=config.eif_label_rate,
-    )
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """One command-line flag: a leaf field of :class:`TrainConfig` or of a config in it.
+
+    Attributes:
+      name: the flag's name (``metadata["flag"]``, else the field's name).
+      path: the field's attribute path from a TrainConfig, e.g. ``("filter", "window")``.
+      kind: ``str``, ``int``, ``float``, ``bool`` or ``tuple`` (a list of floats).
+      default: the field's default.
+      help: the field's ``metadata["help"]``, after its group's (``"EIF: ..."``).
+    """
+
+    name: str
+    path: tuple[str, ...]
+    kind: type
+    default: Any
+    help: str
 
 
-def resolve(config: TrainConfig) -> TrainConfig:
-    """Validates ``config`` and fills every ``None`` with the paper's default."""
-    validate(config)
-    paper = dict(_PAPER[dataset_family(config.dataset)])
-    if config.epochs is not None or config.steps is not None:
-        paper.pop("epochs", None)
-        paper.pop("steps", None)
-    family = dataset_family(config.dataset)
-    paper["filter_model"] = _FILTER_MODELS[family]
-    # The paper's MNIST filter: lr 0.1 decayed to 0.05 after 0.94k iterations.
-    paper["filter_lr_decay_steps"] = 940 if family == "mnist" else 0
-    filled = {k: v for k, v in paper.items() if getattr(config, k) is None}
-    m = config.batch_size or paper["batch_size"]
-    # The paper's main network takes one step per stream mini-batch, on the ~R_set * m
-    # instances it keeps; packed steps of that size take as many steps as SGD.
-    filled["eif_batch_size"] = config.eif_batch_size or max(1, round(config.r_set * m))
-    if not config.eif_uncertainty and config.eif_random_probes == 0:
-        filled["eif_probe_size"] = 0  # Nothing is sampled, so nothing is probed.
-    elif config.eif_probe_size is None:
-        filled["eif_probe_size"] = max(1, filled["eif_batch_size"] // 8)
-    if config.eif_label_rate is None:
-        filled["eif_label_rate"] = config.r_set  # T_l aims at labelling R_set of the stream H.
-    return dataclasses.replace(config, **filled)
+def _field_types(cls: type) -> list[tuple[dataclasses.Field, type]]:
+    """Each field of the dataclass ``cls`` with its type, ``None`` and type arguments dropped."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for field in dataclasses.fields(cls):
+        hint = hints[field.name]
+        if isinstance(hint, types.UnionType):  # `X | None`.
+            (hint,) = (a for a in typing.get_args(hint) if a is not type(None))
+        out.append((field, typing.get_origin(hint) or hint))
+    return out
+
+
+def _walk(cls: type, path: tuple[str, ...] = (), group: str = "") -> list[Flag]:
+    out = []
+    for field, kind in _field_types(cls):
+        if "help" not in field.metadata:
+            raise TypeError(f"{cls.__name__}.{field.name} needs metadata['help']: it is a flag")
+        help_, where = field.metadata["help"], (*path, field.name)
+        if dataclasses.is_dataclass(kind):
+            out += _walk(kind, where, help_)
+        else:
+            name = field.metadata.get("flag", field.name)
+            out.append(
+                Flag(name, where, kind, field.default, f"{group}: {help_}" if group else help_)
+            )
+    return out
+
+
+FLAGS: tuple[Flag, ...] = tuple(_walk(TrainConfig))
+_BY_NAME = {f.name: f for f in FLAGS}
+if len(_BY_NAME) != len(FLAGS):
+    raise TypeError(f"two config fields share a flag name: {[f.name for f in FLAGS]}")
+
+
+def as_flags(config: TrainConfig) -> dict[str, Any]:
+    """``{flag name: value}`` for every flag: the flat record of ``config``."""
+    out = {}
+    for flag in FLAGS:
+        value = config
+        for attribute in flag.path:
+            value = getattr(value, attribute)
+        out[flag.name] = value
+    return out
+
+
+def from_flags(values: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """The TrainConfig of ``base`` (default: ``TrainConfig()``) with flag ``values`` set.
+
+    ``values`` maps flag names to values, e.g. ``{"method": "eif", "eif_window": 4}``;
+    ``lr_boundaries`` may be a sequence of numbers or of numeric strings (as absl's list
+    flags give). A bad value raises ``ValueError`` naming its flag:
+    ``--eif_window=0 is invalid: must be a positive integer``.
+    """
+    unknown = sorted(set(values) - set(_BY_NAME))
+    if unknown:
+        raise ValueError(f"unknown flags {unknown}; the flags are {', '.join(_BY_NAME)}")
+    flat = as_flags(base if base is not None else TrainConfig())
+    flat.update({name: _parse(_BY_NAME[name], value) for name, value in values.items()})
+    return _build(TrainConfig, (), flat)
+
+
+def _parse(flag: Flag, value: Any) -> Any:
+    if flag.kind is not tuple or value is None:
+        return value
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        return tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        shown = ",".join(map(str, items)) if isinstance(items, Sequence) else items
+        raise ValueError(
+            f"--{flag.name}={shown!r} is invalid: comma-separated fractions in (0, 1)"
+        ) from None
+
+
+def _build(cls: type, path: tuple[str, ...], flat: dict[str, Any]) -> Any:
+    """An instance of ``cls`` (at ``path`` in a TrainConfig) from flat flag values."""
+    kwargs, flag_of = {}, {}
+    for field, kind in _field_types(cls):
+        where = (*path, field.name)
+        if dataclasses.is_dataclass(kind):
+            kwargs[field.name] = _build(kind, where, flat)
+        else:
+            flag_of[field.name] = field.metadata.get("flag", field.name)
+            kwargs[field.name] = flat[flag_of[field.name]]
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        raise _name_the_flag(e, kwargs, flag_of) from None
+
+
+def _name_the_flag(error: ValueError, kwargs: dict[str, Any], flag_of: dict[str, str]) -> Exception:
+    """``window=0 must ...`` (a field's error) as ``--eif_window=0 is invalid: must ...``."""
+    message = str(error)
+    for name, flag in flag_of.items():
+        prefix = f"{name}={kwargs[name]!r} "
+        if message.startswith(prefix + "must"):
+            return ValueError(f"--{flag}={kwargs[name]!r} is invalid: {message[len(prefix) :]}")
+    return error

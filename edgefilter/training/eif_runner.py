@@ -150,7 +150,7 @@ class EifRunner:
         root: jax.Array,
     ):
         self.config = config
-        self.fconfig = config_lib.filter_config(config)
+        self.fconfig = config.filter
         self.batch = config.eif_batch_size
         self.probes = config.eif_probe_size
         self.random_probes = config.eif_random_probes if self.probes else 0

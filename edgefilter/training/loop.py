@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -92,7 +93,7 @@ def check_resumable(config: config_lib.TrainConfig, workdir: str) -> None:
         return
     with open(path) as f:
         previous = json.load(f)
-    current = json.loads(json.dumps(dataclasses.asdict(config)))
+    current = json.loads(json.dumps(config_lib.as_flags(config)))
     changed = sorted(
         k
         for k in set(previous) | set(current)
@@ -123,12 +124,12 @@ def build_runner(
     info = dataset.info
     policy = train_lib.emp_policy(config)
     model = train_lib.build_model(
-        config.model, info.num_classes, config.bits, policy, config.emp_first_layer
+        config.model, info.num_classes, config.bits, policy, config.emp.first_layer
     )
     # The schedule counts the main network's updates: with the filter, about r_set of
     # the stream, in steps of eif_batch_size (by default about one step per chunk).
     if config.uses_eif:
-        main_steps = -(-int(length * config.r_set) // config.eif_batch_size)
+        main_steps = -(-int(length * config.filter.r_set) // config.eif_batch_size)
     else:
         main_steps = -(-length // config.batch_size)
     tx = train_lib.make_optimizer(config, main_steps)
@@ -138,6 +139,20 @@ def build_runner(
         filter_model = train_lib.build_model(config.filter_model, 2, config.bits)
         return eif_training.EifRunner(config, info, filter_model, dataset, root), state
     return SgdRunner(info, dataset, root), state
+
+
+def initial_loop(state: train_lib.TrainState, runner: SgdRunner | eif_training.EifRunner):
+    """A fresh loop state: the whole checkpointed pytree of a run at its start."""
+    return {
+        "state": state,
+        "position": np.asarray(0, np.int64),  # Instances streamed.
+        "chunk": np.asarray(0, np.int64),  # Chunks streamed.
+        "trained": np.asarray(0, np.int64),  # Instances trained on.
+        "wall_time": np.asarray(0.0, np.float64),
+        "side_time": np.asarray(0.0, np.float64),
+        "compile_time": np.asarray(0.0, np.float64),
+        **runner.initial(),
+    }
 
 
 def train_and_evaluate(
@@ -167,123 +182,208 @@ def train_and_evaluate(
     config = config_lib.resolve(config)
     if dataset is None:
         dataset = data_lib.load(config.dataset, config.data_dir)
-    info = dataset.info
     num_train = len(dataset.train_images)
-    m = config.batch_size
     length = _stream_length(config, num_train)
-    stream = stream_lib.Stream(config.seed, num_train, length)
-    total_chunks = -(-length // m)
-
     runner, state = build_runner(config, dataset, length)
-    loop = {
-        "state": state,
-        "position": np.asarray(0, np.int64),
-        "chunk": np.asarray(0, np.int64),
-        "trained": np.asarray(0, np.int64),
-        "wall_time": np.asarray(0.0, np.float64),
-        "side_time": np.asarray(0.0, np.float64),
-        "compile_time": np.asarray(0.0, np.float64),
-        **runner.initial(),
-    }
+    loop, checkpointer = _open_workdir(config, workdir, initial_loop(state, runner))
+    session = _Session(
+        config=config,
+        dataset=dataset,
+        runner=runner,
+        stream=stream_lib.Stream(config.seed, num_train, length),
+        metrics_log=metrics_lib.MetricsLog(workdir, resume_step=int(loop["chunk"])),
+        checkpointer=checkpointer,
+        eval_step=train_lib.make_eval_step(dataset.info),
+        clock=_Clock.resume(loop),
+    )
+    with metrics_lib.progress_bar(show_progress) as progress:
+        loop = _train_stream(session, loop, progress)
+    checkpointer.close()
+    summary = _summary(session, loop)
+    _write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    summary["state"] = loop["state"]
+    if config.uses_eif:
+        summary["filter"] = loop["filter"]
+    return summary
 
+
+def _open_workdir(
+    config: config_lib.TrainConfig, workdir: str, loop: dict[str, Any]
+) -> tuple[dict[str, Any], checkpoint_lib.Checkpointer]:
+    """Checks that ``workdir`` holds no other run, records the config, restores the loop."""
     check_resumable(config, workdir)
     os.makedirs(workdir, exist_ok=True)
-    _write_json_atomic(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
+    _write_json_atomic(os.path.join(workdir, "config.json"), config_lib.as_flags(config))
     checkpointer = checkpoint_lib.Checkpointer(workdir)
     if checkpointer.latest_step() is not None:
         loop = checkpointer.restore(loop)
-    metrics_log = metrics_lib.MetricsLog(workdir, resume_step=int(loop["chunk"]))
-    eval_step = train_lib.make_eval_step(info)
+    return loop, checkpointer
 
-    def evaluate() -> dict[str, float]:
-        return train_lib.evaluate(
-            eval_step,
-            loop["state"],
-            dataset.test_images,
-            dataset.test_labels,
-            config.eval_batch_size,
+
+@dataclasses.dataclass
+class _Clock:
+    """A run's wall, side (evaluation, checkpointing) and compile time, over its sessions.
+
+    The loop state carries each total of the sessions before (checkpointed with it), so
+    a resumed run reports the time of the whole run.
+    """
+
+    wall_before: float
+    side: float
+    compile_started: float
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+    @classmethod
+    def resume(cls, loop: dict[str, Any]) -> _Clock:
+        compiled_before = float(loop["compile_time"])
+        return cls(
+            wall_before=float(loop["wall_time"]),
+            side=float(loop["side_time"]),
+            compile_started=metrics_lib.compile_seconds() - compiled_before,
         )
 
+    def elapsed(self) -> float:
+        return self.wall_before + time.perf_counter() - self.started
+
+    def compiled(self) -> float:
+        """Compilation over all sessions of the run (a resumed run compiles again)."""
+        return metrics_lib.compile_seconds() - self.compile_started
+
+
+@dataclasses.dataclass
+class _Session:
+    """What one process's part of a run works with, besides the loop state."""
+
+    config: config_lib.TrainConfig
+    dataset: data_lib.Dataset
+    runner: SgdRunner | eif_training.EifRunner
+    stream: stream_lib.Stream
+    metrics_log: metrics_lib.MetricsLog
+    checkpointer: checkpoint_lib.Checkpointer
+    eval_step: Callable
+    clock: _Clock
+
+    @property
+    def num_train(self) -> int:
+        return self.stream.num_train
+
+    def evaluate(self, state: train_lib.TrainState) -> dict[str, float]:
+        """Test accuracy and loss of ``state``."""
+        data, batch = self.dataset, self.config.eval_batch_size
+        return train_lib.evaluate(self.eval_step, state, data.test_images, data.test_labels, batch)
+
+
+def _train_stream(session: _Session, loop: dict[str, Any], progress: Any) -> dict[str, Any]:
+    """Streams the run's remaining chunks: train, log, evaluate at epoch ends, checkpoint.
+
+    Metrics are flushed every ``log_every_steps`` chunks and before every checkpoint
+    (every ``checkpoint_every_steps`` chunks, at every epoch end and at the end), so a
+    resumed run neither loses nor repeats a record.
+    """
+    config, length = session.config, session.stream.length
+    task = progress.add_task(
+        f"{config.method} {config.model}",
+        total=-(-length // config.batch_size),
+        completed=int(loop["chunk"]),
+        rate=0.0,
+        info="",
+    )
     last: dict[str, float] = {}
-    started, wall_time = time.perf_counter(), float(loop["wall_time"])
-    side_time = float(loop["side_time"])  # Evaluation and checkpointing.
-    compile_started = metrics_lib.compile_seconds() - float(loop["compile_time"])
-    with metrics_lib.progress_bar(show_progress) as progress:
-        task = progress.add_task(
-            f"{config.method} {config.model}",
-            total=total_chunks,
-            completed=int(loop["chunk"]),
-            rate=0.0,
-            info="",
-        )
-        while int(loop["position"]) < length:
-            position, chunk = int(loop["position"]), int(loop["chunk"])
-            count = min(m, length - position)
-            idx, weights = stream_lib.stream_batch(stream.indices(position, count), m)
-            loop, records = runner.process(loop, idx, weights, chunk)
-            position, chunk = position + count, chunk + 1
-            finished = position >= length
-            if finished:
-                loop, more = runner.finish(loop)
-                records += more
-            loop.update(position=np.asarray(position, np.int64), chunk=np.asarray(chunk, np.int64))
-            for kind, metrics in records:
-                prefix = "eif/" if kind == "window" else ""
-                metrics_log.add(chunk, {f"{prefix}{k}": v for k, v in metrics.items()})
-            epoch_done = position // num_train > (position - count) // num_train
-            checkpoint_due = chunk % config.checkpoint_every_steps == 0 or epoch_done or finished
-            if chunk % config.log_every_steps == 0 or checkpoint_due:
-                last = metrics_log.flush() or last
-            if epoch_done or finished:
-                eval_started, eval_compile = time.perf_counter(), metrics_lib.compile_seconds()
-                result = {**evaluate(), "epoch": position / num_train}
-                metrics_log.add(chunk, result)
-                metrics_log.flush()
-                progress.console.print(
-                    f"epoch {result['epoch']:.2f}: test accuracy {result['test_accuracy']:.4f}, "
-                    f"loss {result['test_loss']:.4f}, trained {int(loop['trained'])} of "
-                    f"{position} instances"
-                )
-                # Evaluation time, less its compilation (which compile_time counts).
-                side_time += time.perf_counter() - eval_started
-                side_time -= metrics_lib.compile_seconds() - eval_compile
-            elapsed = wall_time + time.perf_counter() - started
-            progress.update(
-                task,
-                completed=chunk,
-                rate=position / max(elapsed, 1e-9),
-                info=f"loss {last.get('loss', float('nan')):.3f}",
-            )
-            if checkpoint_due:  # Metrics up to here are flushed, so a resume loses none.
-                saving_started = time.perf_counter()
-                loop["wall_time"] = np.asarray(elapsed, np.float64)
-                loop["side_time"] = np.asarray(side_time, np.float64)
-                compiled = metrics_lib.compile_seconds() - compile_started
-                loop["compile_time"] = np.asarray(compiled, np.float64)
-                checkpointer.save(chunk, loop)
-                side_time += time.perf_counter() - saving_started
-    checkpointer.close()
-    wall_time += time.perf_counter() - started
-    # Compilation over all sessions of the run (a resumed run compiles again).
-    compile_time = metrics_lib.compile_seconds() - compile_started
+    while int(loop["position"]) < length:
+        loop, records, count = _stream_chunk(session, loop)
+        position, chunk = int(loop["position"]), int(loop["chunk"])
+        for kind, metrics in records:
+            prefix = "eif/" if kind == "window" else ""
+            session.metrics_log.add(chunk, {f"{prefix}{k}": v for k, v in metrics.items()})
+        finished = position >= length
+        epoch_done = position // session.num_train > (position - count) // session.num_train
+        checkpoint_due = chunk % config.checkpoint_every_steps == 0 or epoch_done or finished
+        if chunk % config.log_every_steps == 0 or checkpoint_due:
+            last = session.metrics_log.flush() or last
+        if epoch_done or finished:
+            _evaluate_epoch(session, loop, progress.console)
+        elapsed = session.clock.elapsed()
+        loss = last.get("loss", float("nan"))
+        rate = position / max(elapsed, 1e-9)
+        progress.update(task, completed=chunk, rate=rate, info=f"loss {loss:.3f}")
+        if checkpoint_due:
+            loop = _checkpoint(session, loop, elapsed)
+    return loop
 
-    history = [r for r in metrics_log.records() if "test_accuracy" in r]
-    final = history[-1] if history else evaluate()
+
+def _stream_chunk(
+    session: _Session, loop: dict[str, Any]
+) -> tuple[dict[str, Any], list[tuple[str, dict]], int]:
+    """The next chunk through the runner (finished after the run's last chunk).
+
+    Returns the loop state past the chunk, the runner's metric records, and the number
+    of real instances in the chunk (fewer than ``batch_size`` only in the last one).
+    """
+    length, m = session.stream.length, session.config.batch_size
+    position, chunk = int(loop["position"]), int(loop["chunk"])
+    count = min(m, length - position)
+    indices, weights = stream_lib.stream_batch(session.stream.indices(position, count), m)
+    loop, records = session.runner.process(loop, indices, weights, chunk)
+    position, chunk = position + count, chunk + 1
+    if position >= length:
+        loop, more = session.runner.finish(loop)
+        records += more
+    loop.update(position=np.asarray(position, np.int64), chunk=np.asarray(chunk, np.int64))
+    return loop, records, count
+
+
+def _evaluate_epoch(session: _Session, loop: dict[str, Any], console: Any) -> None:
+    """Evaluates on the test set, logs and prints the result; its time is side time."""
+    position = int(loop["position"])
+    started, compiled = time.perf_counter(), metrics_lib.compile_seconds()
+    result = {**session.evaluate(loop["state"]), "epoch": position / session.num_train}
+    session.metrics_log.add(int(loop["chunk"]), result)
+    session.metrics_log.flush()
+    console.print(
+        f"epoch {result['epoch']:.2f}: test accuracy {result['test_accuracy']:.4f}, "
+        f"loss {result['test_loss']:.4f}, trained {int(loop['trained'])} of "
+        f"{position} instances"
+    )
+    # Evaluation time, less its compilation (which compile_time counts).
+    session.clock.side += time.perf_counter() - started
+    session.clock.side -= metrics_lib.compile_seconds() - compiled
+
+
+def _checkpoint(session: _Session, loop: dict[str, Any], elapsed: float) -> dict[str, Any]:
+    """Saves the loop state, with the run's time so far; saving is side time."""
+    started = time.perf_counter()
+    loop = dict(
+        loop,
+        wall_time=np.asarray(elapsed, np.float64),
+        side_time=np.asarray(session.clock.side, np.float64),
+        compile_time=np.asarray(session.clock.compiled(), np.float64),
+    )
+    session.checkpointer.save(int(loop["chunk"]), loop)
+    session.clock.side += time.perf_counter() - started
+    return loop
+
+
+def _summary(session: _Session, loop: dict[str, Any]) -> dict[str, Any]:
+    """summary.json's content (DESIGN.md, "Command-line contract") for a finished run."""
+    config, clock = session.config, session.clock
+    wall_time, compile_time = clock.elapsed(), clock.compiled()
+    history = [r for r in session.metrics_log.records() if "test_accuracy" in r]
+    final = history[-1] if history else session.evaluate(loop["state"])
     summary = {
-        "config": dataclasses.asdict(config),
+        "config": config_lib.as_flags(config),
         "test_accuracy": final["test_accuracy"],
         "test_loss": final["test_loss"],
         "instances_streamed": int(loop["position"]),
         "instances_trained": int(loop["trained"]),
         "chunks": int(loop["chunk"]),
         "steps": int(loop["state"].step),
-        "compute": accounting.run_compute(config, info, loop),
+        "compute": accounting.run_compute(config, session.dataset.info, loop),
         "wall_time_s": wall_time,
         # Measured: the wall time minus evaluation, checkpointing and compilation.
-        "train_time_s": wall_time - side_time - compile_time,
+        "train_time_s": wall_time - clock.side - compile_time,
         "compile_time_s": compile_time,
         # Compiled versions of each jitted step in this process: 1 unless shapes changed.
-        "compilations": runner.compilations(),
+        "compilations": session.runner.compilations(),
         "history": history,
     }
     if config.uses_eif:
@@ -293,8 +393,4 @@ def train_and_evaluate(
             "skipped_probes": int(loop["skipped_probes"]),
             "filter_steps": int(loop["filter"].net.step),
         }
-    _write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-    summary["state"] = loop["state"]
-    if config.uses_eif:
-        summary["filter"] = loop["filter"]
     return summary

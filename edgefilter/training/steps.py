@@ -164,11 +164,7 @@ def evaluate(
 
 def emp_policy(config: config_lib.TrainConfig) -> emp.Policy | None:
     """The run's error-map-pruning policy (PAPER.md Eq. 11), or None without EMP."""
-    if not config.uses_emp:
-        return None
-    if config.emp_policy == "topk":
-        return emp.TopK(config.emp_keep, config.gamma1, config.gamma2)
-    return emp.Threshold(config.emp_threshold, config.gamma1, config.gamma2)
+    return config.emp.as_policy() if config.uses_emp else None
 
 
 def build_model(
