@@ -46,12 +46,10 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     del argv
     dataset, info = data_lib.load("fashion_mnist"), data_lib.info("fashion_mnist")
-    config = config_lib.resolve(
-        config_lib.TrainConfig(
-            model="lenet", dataset="fashion_mnist", r_set=FLAGS.r, eif_batch_size=FLAGS.train_batch
-        )
-    )
-    chunk_size, batch = config.batch_size, config.eif_batch_size
+    # --r may be 1 (train on everything), which the filter's r_set does not allow.
+    config = config_lib.resolve(config_lib.TrainConfig(model="lenet", dataset="fashion_mnist"))
+    chunk_size = config.batch_size
+    batch = FLAGS.train_batch or max(1, round(FLAGS.r * chunk_size))
     state = train_lib.create_train_state(
         train_lib.build_model("lenet", info.num_classes),
         train_lib.make_optimizer(config, 10**6),  # Constant lr: the schedule is not used.

@@ -71,7 +71,11 @@ BITS = (32, 16, 8, 6, 4)
 
 
 def setting(default: Any, help: str, flag: str | None = None) -> Any:
-    """A config field: its default, its flag's help, and the flag's name if not the field's."""
+    """A config field: its default, its flag's help, and the flag's name if not the field's.
+
+    For a field holding a nested config (``TrainConfig.filter``), ``help`` is the label
+    put before the help of each of the nested config's flags (``"EIF: ..."``).
+    """
     metadata = {"help": help} if flag is None else {"help": help, "flag": flag}
     return dataclasses.field(default=default, metadata=metadata)
 
@@ -143,8 +147,8 @@ class TrainConfig:
     xla_cpu: bool | None = setting(
         None, "XLA:CPU lowerings: default on when jax.default_backend() is cpu."
     )
-    emp: EmpConfig = setting(EmpConfig(), "EMP")
-    filter: FilterConfig = setting(FilterConfig(), "EIF")
+    emp: EmpConfig = setting(EmpConfig(), "EMP")  # Used by the methods emp and eif_emp.
+    filter: FilterConfig = setting(FilterConfig(), "EIF")  # Used by eif and eif_emp.
     filter_model: str | None = setting(
         None, "EIF: filter network (default: lenet_slim, resnet8 or resnet10 by dataset)."
     )

@@ -25,6 +25,8 @@ from typing import Any
 
 import jax
 import numpy as np
+from rich.console import Console
+from rich.progress import Progress
 
 from edgefilter import data as data_lib
 from edgefilter.training import accounting
@@ -141,7 +143,9 @@ def build_runner(
     return SgdRunner(info, dataset, root), state
 
 
-def initial_loop(state: train_lib.TrainState, runner: SgdRunner | eif_training.EifRunner):
+def initial_loop(
+    state: train_lib.TrainState, runner: SgdRunner | eif_training.EifRunner
+) -> dict[str, Any]:
     """A fresh loop state: the whole checkpointed pytree of a run at its start."""
     return {
         "state": state,
@@ -273,7 +277,7 @@ class _Session:
         return train_lib.evaluate(self.eval_step, state, data.test_images, data.test_labels, batch)
 
 
-def _train_stream(session: _Session, loop: dict[str, Any], progress: Any) -> dict[str, Any]:
+def _train_stream(session: _Session, loop: dict[str, Any], progress: Progress) -> dict[str, Any]:
     """Streams the run's remaining chunks: train, log, evaluate at epoch ends, checkpoint.
 
     Metrics are flushed every ``log_every_steps`` chunks and before every checkpoint
@@ -332,7 +336,7 @@ def _stream_chunk(
     return loop, records, count
 
 
-def _evaluate_epoch(session: _Session, loop: dict[str, Any], console: Any) -> None:
+def _evaluate_epoch(session: _Session, loop: dict[str, Any], console: Console) -> None:
     """Evaluates on the test set, logs and prints the result; its time is side time."""
     position = int(loop["position"])
     started, compiled = time.perf_counter(), metrics_lib.compile_seconds()
