@@ -117,6 +117,12 @@ flags.DEFINE_float(
 flags.DEFINE_bool("eif_static_threshold", False, "EIF ablation: keep T_l fixed.")
 flags.DEFINE_bool("eif_uncertainty", True, "EIF: uncertainty sampling (False: ablation).")
 flags.DEFINE_bool("eif_weighted", True, "EIF: weighted filter loss (False: ablation).")
+flags.DEFINE_bool(
+    "xla_cpu",
+    None,
+    "XLA:CPU lowerings and compile options (edgefilter.backends; default: on when JAX's "
+    "backend is the CPU).",
+)
 flags.DEFINE_bool("progress", None, "Show the progress display (default: on a terminal).")
 
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from edgefilter import backends, models
 from edgefilter import data as data_lib
-from edgefilter import models
 from edgefilter.instance_filter import CONTROLS, FilterConfig
 
 METHODS = ("sgd", "emp", "eif", "eif_emp")
@@ -75,6 +75,8 @@ class TrainConfig:
     eif_static_threshold: bool = False
     eif_uncertainty: bool = True
     eif_weighted: bool = True
+    # edgefilter.backends' switch: XLA:CPU lowerings; None = on when jax.default_backend() is cpu.
+    xla_cpu: bool | None = None
 
     @property
     def uses_emp(self) -> bool:
@@ -240,4 +242,5 @@ def resolve(config: TrainConfig) -> TrainConfig:
         filled["eif_probe_size"] = max(1, filled["eif_batch_size"] // 8)
     if config.eif_label_rate is None:
         filled["eif_label_rate"] = config.r_set  # T_l aims at labelling R_set of the stream H.
+    filled["xla_cpu"] = backends.use_xla_cpu(config.xla_cpu)
     return dataclasses.replace(config, **filled)
