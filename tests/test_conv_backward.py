@@ -1,4 +1,4 @@
-"""Tests for edgefilter.conv_backward: Eq. 8 as GEMM + overlap-add equals lax's backward."""
+"""Tests for backends.xla_cpu.conv_backward: Eq. 8 as GEMM + overlap-add equals lax's backward."""
 
 from __future__ import annotations
 
