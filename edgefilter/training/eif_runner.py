@@ -69,7 +69,6 @@ def filter_optimizer(config: config_lib.TrainConfig) -> optax.GradientTransforma
 def make_predict_step(
     info: data_lib.DatasetInfo,
     fconfig: instance_filter.FilterConfig,
-    *,
     xla_cpu: bool | None = None,
 ):
     """Jitted ``predict(filter_state, images_uint8, valid) -> (filter_state, Prediction)``.
@@ -91,7 +90,6 @@ def make_eif_step(
     info: data_lib.DatasetInfo,
     fconfig: instance_filter.FilterConfig,
     probes: int,
-    *,
     xla_cpu: bool | None = None,
 ):
     """Jitted step 3 of the module doc: probe forward, main update, filter update."""
@@ -169,8 +167,8 @@ class EifRunner:
         self.filter_model = filter_model
         self.info = info
         self.root = root
-        self.predict = make_predict_step(info, self.fconfig, xla_cpu=config.xla_cpu)
-        self.step = make_eif_step(info, self.fconfig, self.probes, xla_cpu=config.xla_cpu)
+        self.predict = make_predict_step(info, self.fconfig, config.xla_cpu)
+        self.step = make_eif_step(info, self.fconfig, self.probes, config.xla_cpu)
         self.end_window = backends.jit(
             functools.partial(instance_filter.end_window, config=self.fconfig),
             xla_cpu=config.xla_cpu,
