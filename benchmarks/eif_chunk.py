@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from edgefilter import backends
 from edgefilter import data as data_lib
-from edgefilter.backends.xla_cpu import compile as compile_lib
 from edgefilter.method import instance_filter
 from edgefilter.training import accounting
 from edgefilter.training import config as config_lib
@@ -147,7 +147,7 @@ def main(argv: list[str]) -> None:
         jnp.concatenate([jnp.asarray(images), jnp.asarray(p_images)]), info, None
     )
     known = len(x)
-    update = compile_lib.jit(
+    update = backends.jit(
         lambda fstate, x, losses, pred_high, mask, random: instance_filter.update(
             fstate, x, losses, pred_high, mask, runner.fconfig, random
         ),

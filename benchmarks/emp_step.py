@@ -22,8 +22,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from edgefilter import backends
 from edgefilter import data as data_lib
-from edgefilter.backends.xla_cpu import compile as compile_lib
 from edgefilter.method import emp, flops
 from edgefilter.training import config as config_lib
 from edgefilter.training import steps as train_lib
@@ -61,7 +61,7 @@ def make_variant(name: str, keep: float | None):
     images = rng.integers(0, 256, (batch, *info.image_shape), dtype=np.uint8)
     labels = rng.integers(0, info.num_classes, batch).astype(np.int32)
     weights = np.ones(batch, np.float32)
-    step = compile_lib.jit(lambda s, x, y, w, k: train_lib.train_step_body(s, x, y, w, k, info))
+    step = backends.jit(lambda s, x, y, w, k: train_lib.train_step_body(s, x, y, w, k, info))
     args = (images, labels, weights, jax.random.key(1))
     compiled = step.lower(state, *args).compile()
     shape = info.image_shape

@@ -25,8 +25,8 @@ import numpy as np
 import optax
 from absl import app, flags
 
+from edgefilter import backends
 from edgefilter import data as data_lib
-from edgefilter.backends.xla_cpu import compile as compile_lib
 from edgefilter.training import config as config_lib
 from edgefilter.training import steps as train_lib
 from edgefilter.training import stream as stream_lib
@@ -58,7 +58,7 @@ def main(argv: list[str]) -> None:
     )
     train_step, eval_step = train_lib.make_train_step(info), train_lib.make_eval_step(info)
 
-    @compile_lib.jit
+    @backends.jit
     def losses(state, images, labels):
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         x = train_lib.preprocess(images, info, None)

@@ -1,9 +1,10 @@
-"""Tests for edgefilter.channel_fold: folded per-channel sums equal NumPy's."""
+"""Tests for backends.xla_cpu.channel_fold: folded per-channel sums equal NumPy's."""
 
 from __future__ import annotations
 
 import hypothesis.extra.numpy as hnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,3 +40,11 @@ def test_fold_and_tile_lay_out_channels_along_a_folded_row():
     scale = np.arange(8, dtype=np.float32)
     y = (folded * channel_fold.tile(scale, groups)).reshape(x.shape)
     np.testing.assert_array_equal(y, x * scale)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7, 6), (128, 8, 8, 16), (2, 3, 3, 300), (1, 1, 1, 4)])
+def test_channel_sum_of_error_map_shapes(shape):
+    # A prime row count, one that divides, a channel count past the fold, a single row.
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    want = np.abs(x.astype(np.float64)).sum(axis=(0, 1, 2))
+    np.testing.assert_allclose(channel_fold.channel_sum(np.abs(x)), want, rtol=1e-5)

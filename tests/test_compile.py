@@ -1,4 +1,4 @@
-"""Tests of edgefilter.compile: the options, and that the compiled step uses them."""
+"""Tests of the XLA:CPU compile options, and that a step compiled with them uses them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from jax import lax
 
+from edgefilter import backends
 from edgefilter.backends.xla_cpu import compile as compile_lib
+from edgefilter.backends.xla_cpu import layers
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -44,16 +46,16 @@ def test_compiled_conv_has_no_ynn_fusion_and_same_values() -> None:
     # LeNet's conv2 shape, which XLA:CPU would otherwise emit as a YNNPACK fusion.
     x = jax.random.normal(jax.random.key(0), (64, 12, 12, 20))
     w = jax.random.normal(jax.random.key(1), (5, 5, 20, 50))
-    ours = compile_lib.jit(_conv)
+    ours = backends.jit(_conv, xla_cpu=True)
     assert "__ynn_fusion" not in ours.lower(x, w).compile().as_text()
     np.testing.assert_allclose(ours(x, w), jax.jit(_conv)(x, w), rtol=1e-4, atol=1e-3)
 
 
 def test_jit_passes_its_arguments_through() -> None:
-    double = compile_lib.jit(lambda x, n: x * n, static_argnums=1, donate_argnums=0)
+    double = backends.jit(lambda x, n: x * n, xla_cpu=True, static_argnums=1, donate_argnums=0)
     assert double(jnp.ones(3), 2).tolist() == [2.0, 2.0, 2.0]
-    explicit = compile_lib.jit(
-        lambda x: x + 1, compiler_options={"xla_cpu_enable_fast_math": False}
+    explicit = backends.jit(
+        lambda x: x + 1, xla_cpu=True, compiler_options={"xla_cpu_enable_fast_math": False}
     )
     assert explicit(jnp.zeros(2)).tolist() == [1.0, 1.0]
 
@@ -77,17 +79,15 @@ def test_xla_flags_win_option_by_option(monkeypatch: pytest.MonkeyPatch) -> None
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU option")
 def test_without_fusion_emitters_the_same_values() -> None:
     # The filter's first layer: a tap-sum conv, ReLU and 2x2 max pooling, one fusion.
-    from edgefilter.models import layers
-
     def block(x: jax.Array, w: jax.Array) -> jax.Array:
         y = layers.small_kernel_conv(x, w, (1, 1), "VALID", dimension_numbers=DN)
         return layers.max_pool_2x2(jax.nn.relu(y))
 
     x = jax.random.normal(jax.random.key(0), (8, 28, 28, 1))
     w = jax.random.normal(jax.random.key(1), (3, 3, 1, 6))
-    legacy = compile_lib.jit(block, fusion_emitters=False)
+    legacy = backends.jit(block, xla_cpu=True, fusion_emitters=False)
     # XLA accepts the option (an unknown one fails to compile) and computes the same.
-    np.testing.assert_allclose(legacy(x, w), compile_lib.jit(block)(x, w), rtol=1e-6)
+    np.testing.assert_allclose(legacy(x, w), backends.jit(block, xla_cpu=True)(x, w), rtol=1e-6)
 
 
 def test_an_option_this_xla_does_not_know_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,4 +96,4 @@ def test_an_option_this_xla_does_not_know_is_left_out(monkeypatch: pytest.Monkey
     assert compile_lib.cpu_accepts(compile_lib.FUSION_EMITTERS_OPTION, False)
     monkeypatch.setitem(compile_lib.CPU_OPTIONS, "xla_cpu_no_such_option", True)
     assert "xla_cpu_no_such_option" not in compile_lib.compiler_options("cpu")
-    assert compile_lib.jit(lambda x: x * 2)(jnp.ones(2)).tolist() == [2.0, 2.0]
+    assert backends.jit(lambda x: x * 2, xla_cpu=True)(jnp.ones(2)).tolist() == [2.0, 2.0]

@@ -380,13 +380,13 @@ def test_predict_step_is_compiled_without_fusion_emitters_and_predicts_the_same(
     fconfig = config.filter
     fstate = _slim_filter(config, info)
     jit_options = []
-    real_jit = eif_training.compile_lib.jit
+    real_jit = eif_training.backends.jit
 
     def spy(fun, **kwargs):
         jit_options.append(kwargs.get("fusion_emitters", True))
         return real_jit(fun, **kwargs)
 
-    monkeypatch.setattr(eif_training.compile_lib, "jit", spy)
+    monkeypatch.setattr(eif_training.backends, "jit", spy)
     predict = eif_training.make_predict_step(info, fconfig)
     assert jit_options == [False]
 

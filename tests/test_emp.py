@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from edgefilter.backends.xla_cpu import conv_backward, own_buffer
+from edgefilter.backends.xla_cpu import channel_fold, conv_backward, own_buffer
 from edgefilter.method import emp
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -74,9 +74,9 @@ def _reference_grads(conv_kwargs, policy, lhs, rhs, delta, out_axis=-1, rhs_axis
     return vjp(masked), keep
 
 
-def _emp_grads(policy, conv_kwargs, lhs, rhs, delta, error_transform=None):
+def _emp_grads(policy, conv_kwargs, lhs, rhs, delta, error_transform=None, xla_cpu=None):
     """``jax.jit``-compiled backward of the pruned conv for a given output error."""
-    conv = emp.conv_general_dilated(policy, error_transform=error_transform)
+    conv = emp.conv_general_dilated(policy, error_transform=error_transform, xla_cpu=xla_cpu)
 
     @jax.jit
     def grads(x, w, d):
@@ -185,7 +185,7 @@ def test_large_error_maps_get_their_own_buffer_and_the_same_gradients(policy, mo
     (ref_x, ref_w), _ = _reference_grads(kwargs, policy, x, w, d)
 
     def compiled_text():  # A new function each time: traced afresh.
-        backward = _backward(emp.conv_general_dilated(policy), kwargs)
+        backward = _backward(emp.conv_general_dilated(policy, xla_cpu=True), kwargs)
         return jax.jit(backward).lower(x, w, d).compile().as_text()
 
     assert "conditional(" not in compiled_text() or isinstance(policy, emp.Threshold)
@@ -195,8 +195,38 @@ def test_large_error_maps_get_their_own_buffer_and_the_same_gradients(policy, mo
     # TopK has no other conditional; Threshold's bucket switch is one more.
     assert text.count("conditional(") == (1 if isinstance(policy, emp.TopK) else 2)
     chex.assert_trees_all_close(
-        _emp_grads(policy, kwargs, x, w, d), (ref_x, ref_w), rtol=1e-5, atol=1e-4
+        _emp_grads(policy, kwargs, x, w, d, xla_cpu=True), (ref_x, ref_w), rtol=1e-5, atol=1e-4
     )
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("an XLA:CPU lowering ran with the backend switch off")
+
+
+@pytest.mark.parametrize(
+    "policy", [emp.TopK(0.5), emp.Threshold(1.0), emp.Threshold(0.8, gamma1=0.5, buckets=4)]
+)
+def test_backend_switch_off_is_lax_vjp_on_the_kept_channels(policy, monkeypatch):
+    """Both states of the switch give the masked dense reference; off uses none of
+    backends.xla_cpu (no GEMM error propagation, own buffer or folded sum)."""
+    kwargs = dict(window_strides=(2, 2), padding="SAME", dimension_numbers=NHWC)
+    x, w, d = _data(2, (3, 9, 9, 5), (3, 3, 5, 16), kwargs)
+    spec = conv_backward.ConvSpec.create(x.shape, w.shape, (2, 2), "SAME", dimension_numbers=NHWC)
+    assert conv_backward.uses_gemm(spec, x.shape, w.shape)  # On, Eq. 8 is the GEMM.
+    (ref_x, ref_w), keep = _reference_grads(kwargs, policy, x, w, d)
+    assert 0 < keep.sum() < keep.size
+    monkeypatch.setattr(own_buffer, "MIN_ELEMENTS", 1)  # On: own buffers for all.
+    on = _emp_grads(policy, kwargs, x, w, d, xla_cpu=True)
+    for module, name in [
+        (conv_backward, "conv_vjp"),
+        (conv_backward, "error_propagation"),
+        (own_buffer, "own_buffer"),
+        (channel_fold, "channel_sum"),
+    ]:
+        monkeypatch.setattr(module, name, _must_not_run)
+    off = _emp_grads(policy, kwargs, x, w, d, xla_cpu=False)
+    chex.assert_trees_all_close(off, (ref_x, ref_w), rtol=1e-5, atol=1e-4)
+    chex.assert_trees_all_close(on, off, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -367,6 +397,7 @@ def test_threshold_bucket_branch_flops():
     cfg = emp._ConvConfig(
         policy=policy,
         error_transform=None,
+        xla_cpu=True,
         spec=conv_backward.ConvSpec.create(x.shape, w.shape, (1, 1), "SAME", None, None, dn),
     )
     n = w.shape[-1]
@@ -531,14 +562,3 @@ def test_policy_validation(make, message):
 def test_policy_type_checked():
     with pytest.raises(TypeError, match="TopK or Threshold"):
         emp.conv_general_dilated(0.5)
-
-
-@pytest.mark.parametrize("shape", [(3, 5, 7, 6), (128, 8, 8, 16), (2, 3, 3, 300), (1, 1, 1, 4)])
-def test_channel_scores_fold_the_leading_axes_without_changing_the_sum(shape):
-    # The minor-axis sum is folded into wide rows (a prime row count, one that divides,
-    # a channel count past the fold, a single row); it must equal the plain sum.
-    delta = jax.random.normal(jax.random.key(0), shape)
-    kernel = jnp.ones((1, 1, 2, shape[-1]))
-    scores = emp.channel_scores(kernel, delta, dimension_numbers=NHWC)
-    expected = np.abs(np.asarray(delta, np.float64)).sum(axis=(0, 1, 2))
-    np.testing.assert_allclose(scores, expected, rtol=1e-5)

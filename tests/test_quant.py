@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from jax import lax
 
 from edgefilter.backends.xla_cpu import conv_backward
-from edgefilter.method import quant
+from edgefilter.method import emp, quant
 
 # Few, small examples: the suite shares two cores with other work.
 FAST = settings(max_examples=40, deadline=None)
@@ -77,7 +77,12 @@ def _loss(model: nn.Module, params, x: jax.Array) -> jax.Array:
 
 
 def test_32_bits_returns_full_precision_functions():
-    assert quant.conv_general_dilated(32) is conv_backward.conv_general_dilated
+    assert quant.conv_general_dilated(32, xla_cpu=False) is lax.conv_general_dilated
+    assert quant.conv_general_dilated(32, xla_cpu=True) is conv_backward.conv_general_dilated
+    policy = emp.TopK(0.5)
+    for xla_cpu in (False, True):
+        pruned = emp.conv_general_dilated(policy, xla_cpu=xla_cpu)
+        assert quant.conv_general_dilated(32, policy=policy, xla_cpu=xla_cpu) == pruned
     assert quant.dot_general(32) is lax.dot_general
     x = jnp.arange(5.0)
     assert quant.fake_quantize(x, 32) is x
@@ -280,6 +285,24 @@ def test_quantized_conv_matches_banner_steps_by_hand():
     _assert_grads_close(grads, ref_grads)
 
 
+@pytest.mark.parametrize("policy", [None, emp.TopK(0.5)])
+def test_backend_switch_gives_the_same_quantized_gradients(policy):
+    """Off, lax's backward (and EMP's) on the quantized error; on, the XLA:CPU lowerings."""
+    lhs, rhs = _conv_operands()
+
+    def run(xla_cpu):
+        conv = quant.conv_general_dilated(8, policy=policy, seed=3, xla_cpu=xla_cpu)
+        assert conv.xla_cpu is xla_cpu
+        # Stride 2 both ways: 49 input positions to 16 output, Eq. 8 is the GEMM when on.
+        return _value_and_grads(
+            lambda a, w: conv(a, w, (2, 2), "SAME", dimension_numbers=DN), lhs, rhs
+        )
+
+    (out_off, grads_off, _), (out_on, grads_on, _) = run(False), run(True)
+    np.testing.assert_array_equal(out_on, out_off)
+    _assert_grads_close(grads_on, grads_off)
+
+
 def test_quantized_dense_matches_banner_steps_by_hand():
     bits, seed = 8, 2
     lhs = _normal(0, (5, 6))
@@ -348,7 +371,6 @@ def test_factories_are_hashable_and_compare_by_value():
 
 
 def test_composes_with_emp_error_transform():
-    emp = pytest.importorskip("edgefilter.method.emp")
     assert quant.conv_general_dilated(32, policy=emp.TopK(0.5)) == emp.conv_general_dilated(
         emp.TopK(0.5)
     )
@@ -386,7 +408,6 @@ def test_composes_with_emp_error_transform():
 
 
 def test_emp_model_gradients_finite_under_jit():
-    emp = pytest.importorskip("edgefilter.method.emp")
     model, params, x = _model_and_data(
         quant.conv_general_dilated(8, policy=emp.TopK(0.5)), quant.dot_general(8)
     )

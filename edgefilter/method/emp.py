@@ -28,14 +28,12 @@ Design notes:
 * **Real savings, static shapes.** ``TopK`` keeps a static number of channels
   ``k = ceil(keep_ratio * n)``: their indices come from :func:`jax.lax.top_k`, the kept
   slices of ``delta`` (output feature axis) and of the kernel (output feature axis) are
-  gathered, Eq. 8 and Eq. 12 are computed on the ``k``-channel operands by
-  :func:`backends.xla_cpu.conv_backward.conv_vjp` (lax's backward, except that Eq. 8 runs as one
-  GEMM plus an overlap-add where lax's transposed conv would mostly multiply zeros; every
-  layout, stride, padding and dilation that lax supports is handled), and the
+  gathered, Eq. 8 and Eq. 12 are computed on the ``k``-channel operands by lax's vjp of
+  the convolution (every layout, stride, padding and dilation that lax supports), and the
   ``k``-channel weight gradient is scattered into a zero kernel gradient. Pruned channels
   get an exactly zero weight gradient. The multiply-accumulates of both backward
-  convolutions shrink to ``k / n`` (the GEMM form's overlap-add, ``c_in`` wide, does
-  not). When every channel is kept the backward is lax's own, bit for bit.
+  convolutions shrink to ``k / n``. When every channel is kept the backward is lax's
+  own, bit for bit.
 * **Threshold buckets.** ``Threshold`` keeps the data-dependent set
   ``S_j >= threshold * mean_j(S_j)``, whose size is unknown at trace time. Its count is
   rounded *up* to one of a few static bucket sizes (multiples of ``ceil(n / buckets)``,
@@ -61,10 +59,15 @@ Design notes:
 * **Bias.** ``flax.linen.Conv`` adds its bias outside ``conv_general_dilated``, so this op
   never sees it: the bias gradient (a per-channel sum of ``delta``, no multiply-
   accumulates) stays dense. Only the convolution's backward is pruned.
-* **Buffers of their own.** A large error map is computed once into its own buffer
-  before it is scored and gathered, and a large input is before the convolution, so that
-  XLA:CPU does not recompute their elementwise producers in each reader
-  (:func:`edgefilter.backends.xla_cpu.own_buffer.own_buffer`).
+* **Backend switch.** With :mod:`edgefilter.backends`' switch on (``xla_cpu``, by
+  default when JAX's backend is the CPU), the same values are computed in forms XLA:CPU
+  runs faster: the kept channels' backward is
+  :func:`backends.xla_cpu.conv_backward.conv_vjp` (Eq. 8 as one GEMM plus an overlap-add
+  where lax's transposed conv would mostly multiply zeros; the overlap-add, ``c_in``
+  wide, does not shrink with ``k``), the scores' per-channel sums run on a folded wide
+  view (:mod:`backends.xla_cpu.channel_fold`), and a large error map and a large input
+  are computed once into buffers of their own before they are read twice
+  (:mod:`backends.xla_cpu.own_buffer`). Off, none of these is used.
 * **Dtypes.** Scores are computed in at least float32; the cotangents returned are in the
   primal dtypes (a bfloat16 layer gets bfloat16 gradients, like ``jax.grad`` gives).
 * **Error transform.** ``error_transform`` is an optional static hook applied to the
@@ -94,6 +97,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from edgefilter import backends
 from edgefilter.backends.xla_cpu import channel_fold, conv_backward, own_buffer
 
 __all__ = [
@@ -221,13 +225,13 @@ def _score_dtype(dtype: Any) -> Any:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def _sum_over_all_but(x: jax.Array, axis: int) -> jax.Array:
-    """``jnp.sum`` over every axis of ``x`` but ``axis`` (folded when it is the minor one).
+def _sum_over_all_but(x: jax.Array, axis: int, xla_cpu: bool) -> jax.Array:
+    """``jnp.sum`` over every axis of ``x`` but ``axis``.
 
-    See :mod:`backends.xla_cpu.channel_fold`: for NHWC error maps the column sum runs on a wide
-    folded view, several times faster on XLA:CPU.
+    With the backend switch on and ``axis`` the minor one (NHWC error maps), the sum runs
+    on :mod:`backends.xla_cpu.channel_fold`'s wide view, which XLA:CPU sums faster.
     """
-    if axis == x.ndim - 1:
+    if xla_cpu and axis == x.ndim - 1:
         return channel_fold.channel_sum(x)
     return jnp.sum(x, axis=tuple(a for a in range(x.ndim) if a != axis))
 
@@ -238,13 +242,15 @@ def _scores(
     gamma1: float,
     gamma2: float,
     dn: lax.ConvDimensionNumbers,
+    xla_cpu: bool = False,
 ) -> jax.Array:
     out_axis, batch_axis, rhs_axis = dn.out_spec[1], dn.out_spec[0], dn.rhs_spec[0]
     dtype = _score_dtype(delta.dtype)
     n = delta.shape[out_axis]
     scores = jnp.zeros((n,), dtype)
     if gamma2 != 0.0:
-        scores = scores + gamma2 * _sum_over_all_but(jnp.abs(delta.astype(dtype)), out_axis)
+        l1 = _sum_over_all_but(jnp.abs(delta.astype(dtype)), out_axis, xla_cpu)
+        scores = scores + gamma2 * l1
     if gamma1 != 0.0:
         axes = tuple(a for a in range(kernel.ndim) if a != rhs_axis)
         kernel_l1 = jnp.sum(jnp.abs(kernel.astype(dtype)), axis=axes)
@@ -297,7 +303,8 @@ def select_channels(
 
     ``TopK`` keeps the ``policy.num_kept(n)`` largest scores (ties go to the lower index,
     as in :func:`jax.lax.top_k`); ``Threshold`` keeps ``S_j >= threshold * mean(S)``.
-    This is exactly the selection the backward of :func:`conv_general_dilated` uses.
+    This is the selection the backward of :func:`conv_general_dilated` makes (exactly with
+    the backend switch off; on, its per-channel sums are folded, equal up to rounding).
 
     Args:
       policy: a :class:`TopK` or :class:`Threshold`.
@@ -411,6 +418,7 @@ class _ConvConfig:
     policy: Policy
     error_transform: ErrorTransform | None
     spec: conv_backward.ConvSpec
+    xla_cpu: bool
 
     @property
     def dimension_numbers(self) -> lax.ConvDimensionNumbers:
@@ -436,6 +444,20 @@ def _keep_along(mask: jax.Array, ndim: int, axis: int) -> jax.Array:
     return mask.reshape(shape)
 
 
+def _kept_vjp(
+    config: _ConvConfig, lhs: jax.Array, rhs: jax.Array, delta: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Eq. 8 and Eq. 12 for the (kept channels') output error ``delta``: lax's vjp.
+
+    With the backend switch on, :func:`backends.xla_cpu.conv_backward.conv_vjp` (the same
+    values, Eq. 8 as a GEMM where lax's transposed conv would mostly multiply zeros).
+    """
+    if config.xla_cpu:
+        return conv_backward.conv_vjp(config.spec, lhs, rhs, delta)
+    _, vjp = jax.vjp(config.spec.apply, lhs, rhs)
+    return vjp(delta)
+
+
 def _gathered_vjp(
     config: _ConvConfig,
     lhs: jax.Array,
@@ -456,7 +478,7 @@ def _gathered_vjp(
     if keep is not None:
         live = _keep_along(keep[idx], delta_k.ndim, out_axis)
         delta_k = jnp.where(live, delta_k, jnp.zeros((), delta_k.dtype))
-    g_lhs, g_rhs_k = conv_backward.conv_vjp(config.spec, lhs, rhs_k, delta_k)
+    g_lhs, g_rhs_k = _kept_vjp(config, lhs, rhs_k, delta_k)
     where = (slice(None),) * rhs_axis + (idx,)
     g_rhs = jnp.zeros(rhs.shape, g_rhs_k.dtype).at[where].set(g_rhs_k, unique_indices=True)
     return g_lhs, g_rhs
@@ -483,7 +505,7 @@ def _threshold_vjp(
     def masked_dense(_):
         live = _keep_along(keep, delta.ndim, dn.out_spec[1])
         masked = jnp.where(live, delta, jnp.zeros((), delta.dtype))
-        return conv_backward.conv_vjp(config.spec, lhs, rhs, masked)
+        return _kept_vjp(config, lhs, rhs, masked)
 
     def gathered(k: int) -> Callable[[Any], tuple[jax.Array, jax.Array]]:
         return lambda _: _gathered_vjp(config, lhs, rhs, delta, order[:k], keep)
@@ -517,10 +539,12 @@ def _pruned_conv_bwd(
     topk = isinstance(policy, TopK) and policy.num_kept(n) < n
     threshold = isinstance(policy, Threshold) and policy.threshold > 0.0
     if not (topk or threshold):  # every channel is kept: bit-for-bit lax's backward
-        g_lhs, g_rhs = conv_backward.lax_vjp(config.spec, lhs, rhs, delta)
+        _, vjp = jax.vjp(config.spec.apply, lhs, rhs)
+        g_lhs, g_rhs = vjp(delta)
         return g_lhs.astype(lhs.dtype), g_rhs.astype(rhs.dtype)
-    delta = own_buffer.own_buffer(delta)
-    scores = _scores(rhs, delta, policy.gamma1, policy.gamma2, dn)
+    if config.xla_cpu:  # Read twice (scores, gather): computed once, into its own buffer.
+        delta = own_buffer.own_buffer(delta)
+    scores = _scores(rhs, delta, policy.gamma1, policy.gamma2, dn, config.xla_cpu)
     if topk:
         _, idx = lax.top_k(scores, policy.num_kept(n))
         g_lhs, g_rhs = _gathered_vjp(config, lhs, rhs, delta, idx)
@@ -537,11 +561,13 @@ class PrunedConv:
     """Drop-in :func:`jax.lax.conv_general_dilated` with an error-map-pruned backward.
 
     Made by :func:`conv_general_dilated`; frozen and hashable, so two made from equal
-    policies compare equal (useful as a flax module field).
+    policies compare equal (useful as a flax module field). ``xla_cpu`` is the resolved
+    backend switch (see the module doc).
     """
 
     policy: Policy
     error_transform: ErrorTransform | None = None
+    xla_cpu: bool = False
 
     def __call__(
         self,
@@ -567,10 +593,13 @@ class PrunedConv:
             )
         if out_sharding is not None:
             raise NotImplementedError("emp.conv_general_dilated does not take out_sharding.")
-        lhs, rhs = own_buffer.own_buffer(jnp.asarray(lhs)), jnp.asarray(rhs)
+        lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+        if self.xla_cpu:  # Read by the forward and the backward: in a buffer of its own.
+            lhs = own_buffer.own_buffer(lhs)
         config = _ConvConfig(
             policy=self.policy,
             error_transform=self.error_transform,
+            xla_cpu=self.xla_cpu,
             spec=conv_backward.ConvSpec.create(
                 lhs.shape,
                 rhs.shape,
@@ -587,7 +616,10 @@ class PrunedConv:
 
 
 def conv_general_dilated(
-    policy: Policy, *, error_transform: ErrorTransform | None = None
+    policy: Policy,
+    *,
+    error_transform: ErrorTransform | None = None,
+    xla_cpu: bool | None = None,
 ) -> PrunedConv:
     """A :func:`jax.lax.conv_general_dilated` whose backward keeps selected channels only.
 
@@ -605,6 +637,8 @@ def conv_general_dilated(
         hashable (plain functions are); its result is cast back to ``delta``'s dtype. The
         k-bit quantization module passes its error quantizer here so that error maps are
         quantized inside this same backward.
+      xla_cpu: :mod:`edgefilter.backends`' switch (see the module doc); ``None``
+        resolves it from JAX's backend. The values are the same either way.
 
     Returns:
       A callable with :func:`jax.lax.conv_general_dilated`'s signature, for example
@@ -614,4 +648,6 @@ def conv_general_dilated(
         raise TypeError(f"policy must be a TopK or Threshold, got {type(policy).__name__}.")
     if error_transform is not None and not callable(error_transform):
         raise TypeError(f"error_transform must be callable or None, got {error_transform!r}.")
-    return PrunedConv(policy=policy, error_transform=error_transform)
+    return PrunedConv(
+        policy=policy, error_transform=error_transform, xla_cpu=backends.use_xla_cpu(xla_cpu)
+    )

@@ -13,7 +13,8 @@ Public API:
   replacements for :func:`jax.lax.conv_general_dilated` / :func:`jax.lax.dot_general`
   (same arguments), for ``flax.linen.Conv(conv_general_dilated=...)`` and
   ``flax.linen.Dense(dot_general=...)``. ``bits=32`` returns lax's ``dot_general`` and
-  :func:`edgefilter.backends.xla_cpu.conv_backward.conv_general_dilated` (lax's convolution).
+  lax's convolution (with :mod:`edgefilter.backends`' switch on, its XLA:CPU lowering
+  :func:`~edgefilter.backends.xla_cpu.conv_backward.conv_general_dilated`, same values).
   ``conv_general_dilated(bits, policy=...)`` composes with error map pruning
   (:mod:`edgefilter.emp`).
 * :func:`fake_quantize` (forward quantizer, round to nearest), :func:`fake_quantize_ste`
@@ -133,6 +134,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from edgefilter import backends
 from edgefilter.backends.xla_cpu import conv_backward
 
 if TYPE_CHECKING:
@@ -381,21 +383,28 @@ def _quantize_operands(lhs: jax.Array, rhs: jax.Array, bits: int) -> tuple[jax.A
     return fake_quantize_ste(jnp.asarray(lhs), bits), fake_quantize_ste(jnp.asarray(rhs), bits)
 
 
+def _full_precision_conv(xla_cpu: bool) -> Callable[..., jax.Array]:
+    """Lax's convolution, or with the backend switch on its XLA:CPU lowering (same values)."""
+    return conv_backward.conv_general_dilated if xla_cpu else lax.conv_general_dilated
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantizedConv:
     """Drop-in :func:`jax.lax.conv_general_dilated` with ``bits``-bit training.
 
     Forward: ``conv(Q(lhs), Q(rhs))`` with :func:`fake_quantize_ste` on both operands.
     Backward: the output error is quantized by ``ErrorQuantizer(bits, seed)``; without a
-    policy the rest is :func:`edgefilter.backends.xla_cpu.conv_backward.conv_vjp` (on the quantized
-    residuals), with a policy it is
-    EMP's pruned backward, which applies the quantizer as its ``error_transform`` before
-    scoring the channels. Made by :func:`conv_general_dilated`; frozen and hashable.
+    policy the rest is lax's backward on the quantized residuals (with the backend switch
+    ``xla_cpu`` on, :func:`edgefilter.backends.xla_cpu.conv_backward.conv_vjp`), with a
+    policy it is EMP's pruned backward, which applies the quantizer as its
+    ``error_transform`` before scoring the channels. Made by :func:`conv_general_dilated`;
+    frozen and hashable.
     """
 
     bits: int
     seed: int = 0
     policy: emp.Policy | None = None
+    xla_cpu: bool = False
 
     @property
     def error_quantizer(self) -> ErrorQuantizer:
@@ -405,12 +414,14 @@ class QuantizedConv:
         """Same arguments as :func:`jax.lax.conv_general_dilated` (forwarded as given)."""
         lhs, rhs = _quantize_operands(lhs, rhs, self.bits)
         if self.policy is None:
-            out = conv_backward.conv_general_dilated(lhs, rhs, *args, **kwargs)
+            out = _full_precision_conv(self.xla_cpu)(lhs, rhs, *args, **kwargs)
             return quantize_cotangent(self.error_quantizer, out)
         # Imported here so that quant does not depend on emp unless EMP is used.
         from edgefilter.method import emp
 
-        pruned = emp.conv_general_dilated(self.policy, error_transform=self.error_quantizer)
+        pruned = emp.conv_general_dilated(
+            self.policy, error_transform=self.error_quantizer, xla_cpu=self.xla_cpu
+        )
         return pruned(lhs, rhs, *args, **kwargs)
 
 
@@ -438,33 +449,37 @@ class QuantizedDot:
 
 
 def conv_general_dilated(
-    bits: int, *, policy: emp.Policy | None = None, seed: int = 0
+    bits: int, *, policy: emp.Policy | None = None, seed: int = 0, xla_cpu: bool | None = None
 ) -> Callable[..., jax.Array]:
     """A ``bits``-bit training replacement for :func:`jax.lax.conv_general_dilated`.
 
     Args:
       bits: one of :data:`SUPPORTED_BITS`. ``32`` returns
-        :func:`backends.xla_cpu.conv_backward.conv_general_dilated` (lax's convolution, its
-        error propagation computed as GEMM + overlap-add where that is cheaper), or
+        :func:`jax.lax.conv_general_dilated` (with ``xla_cpu`` on,
+        :func:`backends.xla_cpu.conv_backward.conv_general_dilated`: lax's convolution,
+        its error propagation computed as GEMM + overlap-add where that is cheaper), or
         ``emp.conv_general_dilated(policy)`` when a policy is given.
       policy: optional EMP policy (``emp.TopK`` / ``emp.Threshold``). The forward then
         quantizes the operands and calls
         ``emp.conv_general_dilated(policy, error_transform=ErrorQuantizer(bits, seed))``,
         so the error map is quantized inside EMP's backward, before channel scoring.
       seed: seed of the stochastic rounding of the error map.
+      xla_cpu: :mod:`edgefilter.backends`' switch, passed on to EMP; ``None`` resolves
+        it from JAX's backend. The values are the same either way.
 
     Returns:
       A callable with lax's signature, e.g. for
       ``flax.linen.Conv(..., conv_general_dilated=conv_general_dilated(8))``.
     """
     bits = _check_bits(bits)
+    xla_cpu = backends.use_xla_cpu(xla_cpu)
     if bits == FULL_PRECISION:
         if policy is None:
-            return conv_backward.conv_general_dilated
+            return _full_precision_conv(xla_cpu)
         from edgefilter.method import emp
 
-        return emp.conv_general_dilated(policy)
-    return QuantizedConv(bits=bits, seed=seed, policy=policy)
+        return emp.conv_general_dilated(policy, xla_cpu=xla_cpu)
+    return QuantizedConv(bits=bits, seed=seed, policy=policy, xla_cpu=xla_cpu)
 
 
 def dot_general(bits: int, *, seed: int = 0) -> Callable[..., jax.Array]:

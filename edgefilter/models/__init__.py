@@ -7,6 +7,11 @@ the caller, so error map pruning and quantization plug in without editing model 
       "resnet20", 10, conv_general_dilated=edgefilter.emp.conv_general_dilated(policy))
   variables = model.init(key, images, train=False)
   logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+
+``xla_cpu`` is :mod:`edgefilter.backends`' switch (default: on when JAX's backend is the
+CPU): off, batch norm and pooling are flax's and the default conv is lax's, and
+``jax.jvp`` / ``jax.linearize`` work through every model; on, they are the XLA:CPU
+lowerings. ``axis_name`` synchronises batch norm's statistics over a mapped axis.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from edgefilter import backends
 from edgefilter.models.layers import Ops
 from edgefilter.models.lenet import LeNet
 from edgefilter.models.resnet import CifarResNet, ImageNetResNet
@@ -54,10 +60,12 @@ def create(
     name: str,
     num_classes: int,
     *,
-    conv_general_dilated: Callable[..., jax.Array] = jax.lax.conv_general_dilated,
+    conv_general_dilated: Callable[..., jax.Array] | None = None,
     dot_general: Callable[..., jax.Array] = jax.lax.dot_general,
     dtype: jnp.dtype = jnp.float32,
     first_conv_general_dilated: Callable[..., jax.Array] | None = None,
+    xla_cpu: bool | None = None,
+    axis_name: str | None = None,
     **options,
 ) -> nn.Module:
     """Builds model ``name`` with ``num_classes`` outputs.
@@ -65,11 +73,16 @@ def create(
     Args:
       name: one of ``MODEL_NAMES``.
       num_classes: size of the output layer (2 for an instance filter).
-      conv_general_dilated: the primitive every conv layer calls (e.g. EMP's).
+      conv_general_dilated: the primitive every conv layer calls (e.g. EMP's); ``None``
+        means lax's convolution (with the switch on, its XLA:CPU lowering: the same
+        forward, Eq. 8 as a GEMM where that skips zeros).
       dot_general: the primitive every dense layer calls (e.g. a quantized one).
       dtype: computation dtype of conv and dense layers.
       first_conv_general_dilated: the primitive of the first conv layer only (the one
         that sees the input); ``None`` means ``conv_general_dilated``.
+      xla_cpu: :mod:`edgefilter.backends`' switch; ``None`` resolves it from JAX's
+        backend (:func:`edgefilter.backends.use_xla_cpu`).
+      axis_name: mapped axis over which batch norm averages its batch statistics.
       **options: model-specific fields, e.g. ``head="imagenet"`` for VGG.
 
     Returns:
@@ -83,7 +96,14 @@ def create(
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    ops = Ops(conv_general_dilated, dot_general, dtype, first_conv_general_dilated)
+    ops = Ops(
+        conv_general_dilated=conv_general_dilated,
+        dot_general=dot_general,
+        dtype=dtype,
+        first_conv_general_dilated=first_conv_general_dilated,
+        xla_cpu=backends.use_xla_cpu(xla_cpu),
+        axis_name=axis_name,
+    )
     return _REGISTRY[name](num_classes=int(num_classes), ops=ops, **options)
 
 

@@ -1,10 +1,12 @@
 """Layer factories shared by the model zoo.
 
-Every conv and dense layer of :mod:`edgefilter.models` is built here, taking its
-``conv_general_dilated`` / ``dot_general`` from the caller (flax.linen's ``Conv`` and
-``Dense`` already accept them). Error map pruning (:mod:`edgefilter.emp`) and k-bit
-quantization (:mod:`edgefilter.quant`) therefore plug into any model without editing it,
+Every layer of :mod:`edgefilter.models` is built by an :class:`Ops`. Conv and dense layers
+take their ``conv_general_dilated`` / ``dot_general`` from the caller (flax.linen's
+``Conv`` and ``Dense`` already accept them), so error map pruning (:mod:`edgefilter.emp`)
+and k-bit quantization (:mod:`edgefilter.quant`) plug into any model without editing it,
 and :mod:`edgefilter.flops` counts multiply-accumulates by passing counting functions.
+Batch norm and 2x2 max pooling are flax's own, or their XLA:CPU lowerings when
+:mod:`edgefilter.backends`' switch is on (``Ops.xla_cpu``); the models do not choose.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from edgefilter.backends.xla_cpu.layers import BatchNorm, max_pool_2x2
+from edgefilter.backends.xla_cpu import conv_backward
+from edgefilter.backends.xla_cpu import layers as xla_cpu_layers
 
 ConvFn = Callable[..., jax.Array]
 DotFn = Callable[..., jax.Array]
@@ -28,24 +31,40 @@ he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 lecun_normal = nn.initializers.lecun_normal()
 torch_default = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
+# PyTorch's batch-norm defaults: its momentum 0.1 is flax's 0.9; eps 1e-5.
+BATCH_NORM_MOMENTUM = 0.9
+BATCH_NORM_EPSILON = 1e-5
+
 
 @dataclasses.dataclass(frozen=True)
 class Ops:
-    """The two primitives every conv and dense layer of a model is built from.
+    """How a model's layers are computed: its primitives and the backend switch.
 
     Attributes:
-      conv_general_dilated: drop-in for ``jax.lax.conv_general_dilated``.
+      conv_general_dilated: drop-in for ``jax.lax.conv_general_dilated`` used by every
+        conv layer; ``None`` means lax's own (switch off) or
+        ``backends.xla_cpu.conv_backward.conv_general_dilated`` (switch on: the same
+        forward, Eq. 8 computed as a GEMM where that skips zeros).
       dot_general: drop-in for ``jax.lax.dot_general``.
       dtype: computation dtype of conv/dense layers (parameters stay float32).
       first_conv_general_dilated: the primitive of the first conv layer (the one that
         sees the input); ``None`` means ``conv_general_dilated``. Error map pruning
         leaves that layer dense by default (see :mod:`edgefilter.emp`).
+      xla_cpu: the resolved backend switch (:mod:`edgefilter.backends`): whether batch
+        norm, 2x2 max pooling and the default conv are the XLA:CPU lowerings (True) or
+        flax's and lax's own (False, the default of a bare ``Ops()``;
+        ``models.create`` resolves it from the backend).
+      axis_name: a mapped axis (``jax.vmap``/``shard_map``) over which batch norm
+        averages its batch statistics, as ``flax.linen.BatchNorm(axis_name=...)``;
+        ``None`` uses each batch's own.
     """
 
-    conv_general_dilated: ConvFn = jax.lax.conv_general_dilated
+    conv_general_dilated: ConvFn | None = None
     dot_general: DotFn = jax.lax.dot_general
     dtype: Any = jnp.float32
     first_conv_general_dilated: ConvFn | None = None
+    xla_cpu: bool = False
+    axis_name: str | None = None
 
     def conv(
         self,
@@ -67,6 +86,10 @@ class Ops:
         conv = self.conv_general_dilated
         if first and self.first_conv_general_dilated is not None:
             conv = self.first_conv_general_dilated
+        if conv is None:
+            conv = (
+                conv_backward.conv_general_dilated if self.xla_cpu else jax.lax.conv_general_dilated
+            )
         return nn.Conv(
             features,
             (kernel, kernel),
@@ -95,10 +118,36 @@ class Ops:
             name=name,
         )
 
+    def batch_norm(self, train: bool, name: str | None = None) -> nn.Module:
+        """Batch norm over all axes but the last, with PyTorch's defaults.
 
-def batch_norm(train: bool, name: str | None = None) -> BatchNorm:
-    """Batch norm with PyTorch's defaults (momentum 0.1 there is 0.9 here, eps 1e-5)."""
-    return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+        Normalises by the batch's statistics (averaged over ``axis_name`` when set) and
+        updates the running ones in training, by the running ones in evaluation. Flax's
+        ``nn.BatchNorm``, or the folded :class:`backends.xla_cpu.layers.BatchNorm` when
+        ``xla_cpu``: the same variables (``scale``, ``bias``; ``mean``, ``var``) and
+        values up to float rounding.
+        """
+        norm = xla_cpu_layers.BatchNorm if self.xla_cpu else nn.BatchNorm
+        return norm(
+            use_running_average=not train,
+            momentum=BATCH_NORM_MOMENTUM,
+            epsilon=BATCH_NORM_EPSILON,
+            axis_name=self.axis_name,
+            name=name,
+        )
+
+    def max_pool(self, x: jax.Array) -> jax.Array:
+        """2x2 max pooling with stride 2 (VALID): ``nn.max_pool``, or its XLA:CPU lowering."""
+        if self.xla_cpu:
+            return xla_cpu_layers.max_pool_2x2(x)
+        return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
-__all__ = ["Ops", "batch_norm", "he_normal", "lecun_normal", "max_pool_2x2", "torch_default"]
+__all__ = [
+    "BATCH_NORM_EPSILON",
+    "BATCH_NORM_MOMENTUM",
+    "Ops",
+    "he_normal",
+    "lecun_normal",
+    "torch_default",
+]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from edgefilter.models.layers import Ops, max_pool_2x2, torch_default
+from edgefilter.models.layers import Ops, torch_default
 
 
 class LeNet(nn.Module):
@@ -36,7 +36,7 @@ class LeNet(nn.Module):
                 kernel_init=torch_default,
                 first=i == 0,
             )(x)
-            x = max_pool_2x2(nn.relu(x))
+            x = self.ops.max_pool(nn.relu(x))
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(self.ops.dense(self.hidden, kernel_init=torch_default)(x))
         return self.ops.dense(self.num_classes, kernel_init=torch_default)(x)

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from edgefilter.models.layers import Ops, batch_norm
+from edgefilter.models.layers import Ops
 
 
 class BasicBlock(nn.Module):
@@ -27,9 +27,9 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         y = self.ops.conv(self.features, 3, stride=self.stride)(x)
-        y = nn.relu(batch_norm(train)(y))
+        y = nn.relu(self.ops.batch_norm(train)(y))
         y = self.ops.conv(self.features, 3)(y)
-        y = batch_norm(train, name="bn_out")(y)
+        y = self.ops.batch_norm(train, name="bn_out")(y)
         if self.stride != 1 or x.shape[-1] != self.features:
             if self.shortcut == "A":
                 x = x[:, :: self.stride, :: self.stride, :]
@@ -37,7 +37,7 @@ class BasicBlock(nn.Module):
                 x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
             else:
                 x = self.ops.conv(self.features, 1, stride=self.stride, name="proj")(x)
-                x = batch_norm(train, name="proj_bn")(x)
+                x = self.ops.batch_norm(train, name="proj_bn")(x)
         return nn.relu(x + y)
 
 
@@ -50,7 +50,7 @@ class CifarResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-        x = nn.relu(batch_norm(train)(self.ops.conv(16, 3, first=True)(x)))
+        x = nn.relu(self.ops.batch_norm(train)(self.ops.conv(16, 3, first=True)(x)))
         for stage, features in enumerate((16, 32, 64)):
             for block in range(self.blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1
@@ -78,7 +78,7 @@ class ImageNetResNet(nn.Module):
             d = self.input_downsample
             x = nn.avg_pool(x, (d, d), strides=(d, d))
         x = self.ops.conv(64, 7, stride=2, padding=((3, 3), (3, 3)), first=True)(x)
-        x = nn.relu(batch_norm(train)(x))
+        x = nn.relu(self.ops.batch_norm(train)(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage, blocks in enumerate(self.stage_sizes):
             features = 64 * 2**stage

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from edgefilter.models.layers import Ops, batch_norm, max_pool_2x2
+from edgefilter.models.layers import Ops
 
 # Conv widths; "M" is a 2x2 max pooling.
 CONFIGS = {
@@ -53,9 +53,10 @@ class VGG(nn.Module):
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         for i, width in enumerate(self.config):
             if width == "M":
-                x = max_pool_2x2(x)
+                x = self.ops.max_pool(x)
             else:
-                x = nn.relu(batch_norm(train)(self.ops.conv(width, 3, first=i == 0)(x)))
+                x = self.ops.conv(width, 3, first=i == 0)(x)
+                x = nn.relu(self.ops.batch_norm(train)(x))
         if self.head == "cifar":
             x = x.mean(axis=(1, 2))
         else:

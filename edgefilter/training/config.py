@@ -41,8 +41,6 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
-
 from edgefilter import backends, models
 from edgefilter import data as data_lib
 from edgefilter.method import emp
@@ -235,7 +233,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     filled.update(_eif_sizes(config, config.batch_size or paper["batch_size"]))
     if config.filter.label_rate is None:  # T_l aims at labelling R_set of the stream H.
         filled["filter"] = dataclasses.replace(config.filter, label_rate=config.filter.r_set)
-    filled["xla_cpu"] = _use_xla_cpu(config.xla_cpu)
+    filled["xla_cpu"] = backends.use_xla_cpu(config.xla_cpu)
     return dataclasses.replace(config, **filled)
 
 
@@ -250,14 +248,6 @@ def _eif_sizes(config: TrainConfig, batch_size: int) -> dict[str, int]:
     elif config.eif_probe_size is None:
         sizes["eif_probe_size"] = max(1, eif_batch // 8)
     return sizes
-
-
-def _use_xla_cpu(requested: bool | None) -> bool:
-    """The backend switch's state: ``requested``, else on when JAX's backend is the CPU."""
-    use_xla_cpu = getattr(backends, "use_xla_cpu", None)
-    if use_xla_cpu is not None:
-        return use_xla_cpu(requested)
-    return jax.default_backend() == "cpu" if requested is None else requested
 
 
 # --- Validation of the run-level fields (FilterConfig and EmpConfig check their own) -------

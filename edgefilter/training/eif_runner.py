@@ -46,8 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from edgefilter import backends
 from edgefilter import data as data_lib
-from edgefilter.backends.xla_cpu import compile as compile_lib
 from edgefilter.method import instance_filter
 from edgefilter.training import config as config_lib
 from edgefilter.training import steps as train_lib
@@ -66,14 +66,18 @@ def filter_optimizer(config: config_lib.TrainConfig) -> optax.GradientTransforma
     )
 
 
-def make_predict_step(info: data_lib.DatasetInfo, fconfig: instance_filter.FilterConfig):
+def make_predict_step(
+    info: data_lib.DatasetInfo,
+    fconfig: instance_filter.FilterConfig,
+    xla_cpu: bool | None = None,
+):
     """Jitted ``predict(filter_state, images_uint8, valid) -> (filter_state, Prediction)``.
 
-    Compiled without XLA:CPU's fusion emitters: the filter's forward on every streamed
-    chunk runs faster so (``edgefilter/backends/xla_cpu/compile.py``).
+    With the backend switch on, compiled without XLA:CPU's fusion emitters: the filter's
+    forward on every streamed chunk runs faster so (``edgefilter/backends/xla_cpu/compile.py``).
     """
 
-    @functools.partial(compile_lib.jit, donate_argnums=0, fusion_emitters=False)
+    @functools.partial(backends.jit, xla_cpu=xla_cpu, donate_argnums=0, fusion_emitters=False)
     def predict(fstate, images, valid):
         return instance_filter.predict(
             fstate, train_lib.preprocess(images, info, None), valid, fconfig
@@ -82,10 +86,15 @@ def make_predict_step(info: data_lib.DatasetInfo, fconfig: instance_filter.Filte
     return predict
 
 
-def make_eif_step(info: data_lib.DatasetInfo, fconfig: instance_filter.FilterConfig, probes: int):
+def make_eif_step(
+    info: data_lib.DatasetInfo,
+    fconfig: instance_filter.FilterConfig,
+    probes: int,
+    xla_cpu: bool | None = None,
+):
     """Jitted step 3 of the module doc: probe forward, main update, filter update."""
 
-    @functools.partial(compile_lib.jit, donate_argnums=(0, 1))
+    @functools.partial(backends.jit, xla_cpu=xla_cpu, donate_argnums=(0, 1))
     def eif_step(
         main,
         fstate,
@@ -158,10 +167,12 @@ class EifRunner:
         self.filter_model = filter_model
         self.info = info
         self.root = root
-        self.predict = make_predict_step(info, self.fconfig)
-        self.step = make_eif_step(info, self.fconfig, self.probes)
-        self.end_window = compile_lib.jit(
-            functools.partial(instance_filter.end_window, config=self.fconfig), donate_argnums=0
+        self.predict = make_predict_step(info, self.fconfig, config.xla_cpu)
+        self.step = make_eif_step(info, self.fconfig, self.probes, config.xla_cpu)
+        self.end_window = backends.jit(
+            functools.partial(instance_filter.end_window, config=self.fconfig),
+            xla_cpu=config.xla_cpu,
+            donate_argnums=0,
         )
 
     def initial(self) -> dict[str, Any]:

@@ -41,10 +41,16 @@ from edgefilter.training import stream as stream_lib
 class SgdRunner:
     """Every chunk is one training batch (standard SGD; EMP when the model prunes)."""
 
-    def __init__(self, info: data_lib.DatasetInfo, dataset: data_lib.Dataset, root: jax.Array):
+    def __init__(
+        self,
+        info: data_lib.DatasetInfo,
+        dataset: data_lib.Dataset,
+        root: jax.Array,
+        xla_cpu: bool | None = None,
+    ):
         self.dataset = dataset
         self.root = root
-        self.step = train_lib.make_train_step(info)
+        self.step = train_lib.make_train_step(info, xla_cpu=xla_cpu)
 
     def initial(self) -> dict[str, Any]:
         return {}
@@ -80,7 +86,15 @@ def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
 
 # Settings a resumed run may change: they do not alter what has been computed so far.
 _RESUMABLE_CHANGES = frozenset(
-    {"steps", "epochs", "checkpoint_every_steps", "log_every_steps", "eval_batch_size", "data_dir"}
+    {
+        "steps",
+        "epochs",
+        "checkpoint_every_steps",
+        "log_every_steps",
+        "eval_batch_size",
+        "data_dir",
+        "xla_cpu",  # The same values either way; checkpoints load in both modes.
+    }
 )
 
 
@@ -126,7 +140,12 @@ def build_runner(
     info = dataset.info
     policy = train_lib.emp_policy(config)
     model = train_lib.build_model(
-        config.model, info.num_classes, config.bits, policy, config.emp.first_layer
+        config.model,
+        info.num_classes,
+        config.bits,
+        policy,
+        config.emp.first_layer,
+        xla_cpu=config.xla_cpu,
     )
     # The schedule counts the main network's updates: with the filter, about r_set of
     # the stream, in steps of eif_batch_size (by default about one step per chunk).
@@ -138,9 +157,11 @@ def build_runner(
     root, init_key = jax.random.split(jax.random.key(config.seed))
     state = train_lib.create_train_state(model, tx, init_key, info.image_shape)
     if config.uses_eif:
-        filter_model = train_lib.build_model(config.filter_model, 2, config.bits)
+        filter_model = train_lib.build_model(
+            config.filter_model, 2, config.bits, xla_cpu=config.xla_cpu
+        )
         return eif_training.EifRunner(config, info, filter_model, dataset, root), state
-    return SgdRunner(info, dataset, root), state
+    return SgdRunner(info, dataset, root, config.xla_cpu), state
 
 
 def initial_loop(
@@ -197,7 +218,7 @@ def train_and_evaluate(
         stream=stream_lib.Stream(config.seed, num_train, length),
         metrics_log=metrics_lib.MetricsLog(workdir, resume_step=int(loop["chunk"])),
         checkpointer=checkpointer,
-        eval_step=train_lib.make_eval_step(dataset.info),
+        eval_step=train_lib.make_eval_step(dataset.info, xla_cpu=config.xla_cpu),
         clock=_Clock.resume(loop),
     )
     with metrics_lib.progress_bar(show_progress) as progress:

@@ -17,9 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from edgefilter import backends, models
 from edgefilter import data as data_lib
-from edgefilter import models
-from edgefilter.backends.xla_cpu import compile as compile_lib
 from edgefilter.backends.xla_cpu.layers import small_kernel_conv
 from edgefilter.method import emp, quant
 from edgefilter.models.state import TrainState, create_train_state
@@ -122,18 +121,20 @@ def train_step_body(
     return state, metrics, per_instance
 
 
-def make_train_step(info: data_lib.DatasetInfo) -> Callable:
+def make_train_step(info: data_lib.DatasetInfo, *, xla_cpu: bool | None = None) -> Callable:
     """Returns the jitted ``train_step(state, images, labels, weights, key)``.
 
-    See :func:`train_step_body`; the state's buffers are donated.
+    See :func:`train_step_body`; the state's buffers are donated. ``xla_cpu``: the
+    backend switch's compile options (:func:`edgefilter.backends.jit`).
     """
-    return compile_lib.jit(functools.partial(train_step_body, info=info), donate_argnums=0)
+    step = functools.partial(train_step_body, info=info)
+    return backends.jit(step, xla_cpu=xla_cpu, donate_argnums=0)
 
 
-def make_eval_step(info: data_lib.DatasetInfo) -> Callable:
+def make_eval_step(info: data_lib.DatasetInfo, *, xla_cpu: bool | None = None) -> Callable:
     """Returns the jitted ``eval_step(state, images, labels, valid) -> (correct, loss sum)``."""
 
-    @compile_lib.jit
+    @functools.partial(backends.jit, xla_cpu=xla_cpu)
     def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, valid: jax.Array):
         logits = state.apply_fn(
             {"params": state.params, "batch_stats": state.batch_stats},
@@ -173,28 +174,34 @@ def build_model(
     bits: int = 32,
     policy: emp.Policy | None = None,
     prune_first_layer: bool = False,
+    *,
+    xla_cpu: bool | None = None,
 ) -> nn.Module:
     """Model ``name`` whose convs prune error maps (``policy``) and compute in ``bits``.
 
-    At 32 bits without a policy these are lax's own primitives, except that convs compute
-    their error propagation by :mod:`backends.xla_cpu.conv_backward` (GEMM + overlap-add where
-    that is cheaper) and a first conv with a tiny or single-channel kernel (LeNet's, the
-    MNIST filter's) runs as a sum of per-tap matmuls (``xla_cpu.layers.small_kernel_conv``);
-    the values are lax's either way. See :mod:`edgefilter.emp` and :mod:`edgefilter.quant`
-    for what the others do. The first conv layer's backward stays dense unless
-    ``prune_first_layer`` (see :mod:`edgefilter.emp`, "First layer").
+    At 32 bits without a policy these are lax's own primitives. See :mod:`edgefilter.emp`
+    and :mod:`edgefilter.quant` for what the others do. The first conv layer's backward
+    stays dense unless ``prune_first_layer`` (see :mod:`edgefilter.emp`, "First layer").
+
+    ``xla_cpu`` is :mod:`edgefilter.backends`' switch (``None``: on when JAX's backend is
+    the CPU). On, every layer takes its XLA:CPU lowering, and a dense 32-bit first conv
+    with a tiny or single-channel kernel (LeNet's, the MNIST filter's) runs as a sum of
+    per-tap matmuls (``backends.xla_cpu.layers.small_kernel_conv``); the values are the
+    same either way.
     """
-    conv = quant.conv_general_dilated(bits, policy=policy)
+    xla_cpu = backends.use_xla_cpu(xla_cpu)
+    conv = quant.conv_general_dilated(bits, policy=policy, xla_cpu=xla_cpu)
     if prune_first_layer:
         first = conv
-    elif bits == quant.FULL_PRECISION:  # Tiny or 1-channel first kernels: see above.
+    elif bits == quant.FULL_PRECISION and xla_cpu:  # Tiny or 1-channel kernels: see above.
         first = small_kernel_conv
     else:
-        first = quant.conv_general_dilated(bits)
+        first = quant.conv_general_dilated(bits, xla_cpu=xla_cpu)
     return models.create(
         name,
         num_classes,
         conv_general_dilated=conv,
         first_conv_general_dilated=first,
         dot_general=quant.dot_general(bits),
+        xla_cpu=xla_cpu,
     )

@@ -5,10 +5,11 @@ and statistics) and EMP's channel scores (PAPER.md Eq. 11) sum an ``[N, H, W, C]
 over every axis but the last. XLA:CPU computes such a column sum over a narrow minor axis
 (``C`` = 16 to 64 in the CIFAR ResNets) several times slower than over a wide one. Viewing
 the array as ``[rows / g, g * C]`` (a free reshape of the row-major buffer), summing the
-columns of that wide matrix and adding the ``g`` partial sums after is the same sum, and
-was 3.7x and 2.6x faster for ResNet-20 error maps of 128x32x32x16 and 128x8x8x64 (2-core
-x86-64, jaxlib 0.10). A per-channel vector broadcast back onto the folded view (``tile``)
-makes the backward pass of such code sum over the same wide columns.
+columns of that wide matrix and adding the ``g`` partial sums after is the same sum,
+computed over wide rows (benchmarks/README.md, "XLA:CPU lowerings", has the timings). A
+per-channel vector broadcast back onto the folded view (``tile``) makes the backward pass
+of such code sum over the same wide columns. Used when :mod:`edgefilter.backends`' switch
+is on.
 """
 
 from __future__ import annotations

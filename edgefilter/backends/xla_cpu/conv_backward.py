@@ -7,13 +7,7 @@ a convolution over every *input* position, with ``delta`` dilated by the stride 
 padded by ``k - 1``, so when the input has many more positions than the output most of its
 multiply-accumulates hit zeros: LeNet's second conv (5x5, 12x12 -> 8x8) runs 2.25x the
 real work, a stride-2 conv about 4x. On XLA:CPU those convolutions are also slow per
-MAC (Eigen). Error propagation alone, 2-core x86-64, jaxlib 0.10, median of repeated
-calls (the stride-2 timings varied by 1.5x between runs; lax was slower in every one):
-
-  layer (batch)                                     lax       here
-  LeNet conv2, 5x5x20x50, 12x12 -> 8x8 (64)        3.8 ms    1.4-1.7 ms
-  LeNet conv2, the same, 19 instances              1.3 ms    0.5-0.6 ms
-  ResNet-20, 3x3x16x32, stride 2, 32 -> 16 (128)   5.3 ms    3.1-4.7 ms
+MAC (Eigen).
 
 Here Eq. 8 is computed over the *output* positions instead: one GEMM
 ``P = delta @ W^T`` gives, for every output position, the ``kh * kw * c_in`` input-error
@@ -21,10 +15,10 @@ contributions of its window (no zeros are multiplied), and an overlap-add ("col2
 sums each tap's ``[N, oh, ow, c_in]`` slice of ``P`` into the input error at its offset.
 The overlap-add runs on a stride-phase view of the padded input error, where every tap's
 slice is unit-stride: each kernel row's ``kw`` taps are padded into place and summed (one
-fusion), and the row is added in place with ``dynamic_update_slice``. Written as one sum
-of ``kh * kw`` padded arrays, XLA:CPU fused it well on its own but, inside a whole train
-step, split it into one full-size pad per tap, and LeNet's step got slower than with lax
-(16 ms against 13 ms); one in-place update per tap made it 11.5-12 ms; per row, 10.2-10.5.
+fusion), and the row is added in place with ``dynamic_update_slice``. (Written as one
+sum of ``kh * kw`` padded arrays, XLA:CPU split it inside a whole train step into one
+full-size pad per tap, slower than lax; one in-place update per tap was faster, one per
+kernel row fastest. benchmarks/README.md, "XLA:CPU lowerings", has the timings.)
 
 :func:`uses_gemm` decides per layer: the GEMM form is used when the input has at least
 ``GEMM_MIN_WASTE`` times as many positions as the output (so lax's form would spend at
@@ -40,8 +34,9 @@ Public API:
 * :func:`conv_vjp`: both cotangents of a lax convolution, Eq. 8 by the rule above;
   :func:`lax_vjp`: the same by lax alone (bit-for-bit :func:`jax.vjp`).
 * :func:`conv_general_dilated`: drop-in :func:`jax.lax.conv_general_dilated` (same
-  forward) whose backward is :func:`conv_vjp`; :mod:`edgefilter.emp` runs its pruned
-  backward through :func:`conv_vjp` on the kept channels.
+  forward) whose backward is :func:`conv_vjp` (reverse mode only, see
+  :mod:`edgefilter.backends`); :mod:`edgefilter.emp`, with the backend switch on, runs its
+  pruned backward through :func:`conv_vjp` on the kept channels.
 """
 
 from __future__ import annotations
@@ -57,6 +52,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from edgefilter.backends.xla_cpu import own_buffer
+from edgefilter.backends.xla_cpu.forward_mode import reverse_mode_only
 
 __all__ = [
     "GEMM_MIN_WASTE",
@@ -305,7 +301,9 @@ def conv_general_dilated(
     """:func:`jax.lax.conv_general_dilated` whose backward runs Eq. 8 by :func:`conv_vjp`.
 
     Same arguments and forward value as lax. Grouped convolutions, and layers where
-    :func:`uses_gemm` is False, are lax's own convolution (and backward) unchanged.
+    :func:`uses_gemm` is False, are lax's own convolution (and backward) unchanged. An
+    input of at least ``own_buffer.MIN_ELEMENTS`` elements is computed into a buffer of
+    its own first (:mod:`own_buffer`).
     """
     lhs, rhs = own_buffer.own_buffer(jnp.asarray(lhs)), jnp.asarray(rhs)
     spec = ConvSpec.create(
@@ -323,4 +321,4 @@ def conv_general_dilated(
     )
     if not uses_gemm(spec, lhs.shape, rhs.shape):
         return spec.apply(lhs, rhs)
-    return _conv(spec, lhs, rhs)
+    return reverse_mode_only(_conv, "conv_backward.conv_general_dilated")(spec, lhs, rhs)

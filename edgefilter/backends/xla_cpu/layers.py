@@ -1,7 +1,8 @@
 """XLA:CPU lowerings of model layers: folded batch norm, argmax pooling, tap-sum convs.
 
 Each gives flax's (or lax's) values up to float rounding, computed in a form XLA:CPU
-runs faster (see benchmarks/README.md for the measurements).
+runs faster (benchmarks/README.md, "XLA:CPU lowerings", has the measurements).
+``edgefilter.models.Ops`` uses them when :mod:`edgefilter.backends`' switch is on.
 """
 
 from __future__ import annotations
@@ -14,30 +15,38 @@ import jax
 import jax.numpy as jnp
 
 from edgefilter.backends.xla_cpu import channel_fold, conv_backward, own_buffer
+from edgefilter.backends.xla_cpu.forward_mode import reverse_mode_only
 
 
 class BatchNorm(nn.Module):
     """``flax.linen.BatchNorm`` over all axes but the last, on a folded view of the input.
 
     The same variables (``params``: ``scale``, ``bias``; ``batch_stats``: ``mean``,
-    ``var``), statistics (``var = mean(x^2) - mean(x)^2``, clipped at 0, as flax's default)
-    and running-average update as ``nn.BatchNorm``, and the same values up to float
-    rounding (tested). Every per-channel sum, here and in the backward pass that autodiff
-    derives, runs over the wide columns of :func:`backends.xla_cpu.channel_fold.fold`'s view:
-    on XLA:CPU flax's batch norm (forward and backward, with the ReLU after it) took
-    11.2 ms against 3.8 ms this way for a 128x32x32x16 ResNet-20 activation, 3.8 against
-    1.9 ms at 128x16x16x32 (2-core x86-64, jaxlib 0.10).
+    ``var``), statistics (``var = mean(x^2) - mean(x)^2``, clipped at 0, as flax's default),
+    cross-device synchronisation (``axis_name``: the batch mean and mean of squares are
+    averaged over that axis with ``lax.pmean``, as flax does) and running-average update
+    as ``nn.BatchNorm``, and the same values up to float rounding (tested). The class
+    name is flax's too, so unnamed layers get the same automatic names (``BatchNorm_0``).
+
+    Why: XLA:CPU sums over a narrow minor axis (a CIFAR ResNet's 16 to 64 channels)
+    several times slower than over a wide one, and batch norm's statistics and the
+    gradients autodiff derives for them are such sums. Here every per-channel sum runs
+    over the wide columns of :func:`channel_fold.fold`'s view, and per-channel vectors are
+    tiled onto that view, so the derived backward sums the same way.
 
     Attributes:
       use_running_average: normalise by the running statistics (evaluation) instead of
         the batch's (training, which also updates them).
       momentum: running-average decay (flax's convention; PyTorch's 0.1 is 0.9 here).
       epsilon: added to the variance.
+      axis_name: a mapped axis (``jax.vmap``/``shard_map``) to average the batch
+        statistics over; ``None`` uses the local batch.
     """
 
     use_running_average: bool
     momentum: float = 0.9
     epsilon: float = 1e-5
+    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -46,13 +55,15 @@ class BatchNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
         running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
         running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
-        folded, groups = channel_fold.fold(x.astype(jnp.float32))
+        folded, groups = channel_fold.fold(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
         if self.use_running_average:
             mean, var = running_mean.value, running_var.value
         else:
             count = folded.shape[0] * groups
             mean = channel_fold.channel_sum(folded, groups) / count
             mean_sq = channel_fold.channel_sum(folded * folded, groups) / count
+            if self.axis_name is not None and not self.is_initializing():
+                mean, mean_sq = jax.lax.pmean((mean, mean_sq), self.axis_name)
             var = jnp.maximum(0.0, mean_sq - mean * mean)
             if not self.is_initializing():
                 decay = self.momentum
@@ -75,19 +86,7 @@ def _max_pool_2x2_with_argmax(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 @jax.custom_vjp
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max pooling with stride 2 (VALID): ``nn.max_pool(x, (2, 2), strides=(2, 2))``.
-
-    Same values and gradient as flax's ``max_pool`` (on ties the gradient goes to the
-    first maximum of the window in row-major order, as XLA's select-and-scatter does),
-    computed differently for XLA:CPU. The forward is the max of four strided slices and
-    also records, as int8, which of the four held the maximum; the backward places the
-    output gradient there in one elementwise pass over an ``[N, H/2, 2, W/2, 2, C]`` view.
-    On LeNet's train step (batch 64, 2-core CPU) that took the step from 10.7 to 8.6 ms:
-    XLA's select-and-scatter had cost 4.6 ms for the first pooling alone, and a backward
-    derived by autodiff from the slices (four padded selects) recomputed the pooled
-    activations in every one of them.
-    """
+def _max_pool_2x2(x: jax.Array) -> jax.Array:
     return _max_pool_2x2_with_argmax(x)[0]
 
 
@@ -111,7 +110,23 @@ def _max_pool_2x2_bwd(
     return (dx,)
 
 
-max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
+_max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max pooling with stride 2 (VALID): ``nn.max_pool(x, (2, 2), strides=(2, 2))``.
+
+    Same values and gradient as flax's ``max_pool`` (on ties the gradient goes to the
+    first maximum of the window in row-major order, as XLA's select-and-scatter does).
+    The forward is the max of four strided slices and also records, as int8, which of the
+    four held the maximum; the backward (a ``jax.custom_vjp``) places the output gradient
+    there in one elementwise pass over an ``[N, H/2, 2, W/2, 2, C]`` view.
+
+    Why: XLA:CPU's select-and-scatter, flax's pooling backward, is slow; a backward that
+    autodiff derives from the four slices is four padded selects, each recomputing the
+    pooled activations. Reverse mode only (see :mod:`edgefilter.backends`).
+    """
+    return reverse_mode_only(_max_pool_2x2, "max_pool_2x2")(x)
 
 
 # Kernels with at most this many weights, or with one input channel and at most this
@@ -218,19 +233,12 @@ def small_kernel_conv(
     Eq. 12 of PAPER.md; for a first layer only the weight gradient survives XLA's dead
     code elimination). Anything else goes to lax.
 
-    Why: XLA:CPU's convolution kernels are slow for very few input channels: a conv then
-    has only ``kh * kw * c_in`` multiply-accumulates per output. The first conv of the
-    paper's MNIST filter (3x3, 1 -> 6 channels) took 0.73 ms of the filter's 1.4 ms
-    forward on 64 instances, and the filter's forward runs on every streamed chunk; as a
-    tap sum the whole forward took 1.1 ms against 2.2 ms (2-core CPU, jaxlib 0.10).
-    LeNet's first conv (5x5, 1 -> 20) on 64 instances: 0.68 against 1.3 ms. Left to
-    itself, XLA fuses the tap sum into each reader of the conv's output and recomputes it
-    there (LeNet's train step ran at 5400 instead of 7200 img/s), hence the buffer.
-    Against the im2col matmul this path used before under differentiation (with lax for
-    LeNet's first conv), alternating in one process on a 2-core Intel Xeon (AVX-512),
-    medians of 9 rounds: LeNet's SGD step (batch 64) 7500 -> 7820 img/s, the filter's
-    update 1.57 -> 1.36 ms on 21 instances and 3.31 -> 3.03 ms on 72. Same values as lax
-    up to float rounding (tested).
+    Why: XLA:CPU's convolution kernels are slow for very few input channels, where a
+    conv has only ``kh * kw * c_in`` multiply-accumulates per output; the instance
+    filter's first conv runs on every streamed chunk. Left to itself, XLA fuses the tap
+    sum into each reader of the conv's output and recomputes it there, hence the buffer.
+    Same values as lax up to float rounding (tested). Reverse mode only (see
+    :mod:`edgefilter.backends`).
     """
     ones = (1,) * (lhs.ndim - 2)
     few_weights = rhs.size <= SMALL_KERNEL_WEIGHTS
@@ -263,4 +271,5 @@ def small_kernel_conv(
     if isinstance(padding, str):
         padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     lhs = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
-    return _tap_conv(lhs, rhs, tuple(window_strides), precision, preferred_element_type)
+    tap_conv = reverse_mode_only(_tap_conv, "small_kernel_conv")
+    return tap_conv(lhs, rhs, tuple(window_strides), precision, preferred_element_type)

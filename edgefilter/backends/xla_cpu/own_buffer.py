@@ -8,7 +8,7 @@ that is often a poor trade:
   transpose (XLA:CPU lays the weight-gradient convolution out with the batch as its
   contraction), and that transpose recomputed the input's producers: in a ResNet the
   batch norm, ReLU and residual add of every block back to the stage's first, so one
-  transpose of a 128 x 32 x 32 x 16 activation took 31 ms instead of about 2;
+  transpose of a ResNet-20 activation cost many times the transpose itself;
 * error map pruning reads each error map twice, for the channel scores (Eq. 11) and for
   the gather of the kept channels, and each read recomputed the elementwise backward
   (batch norm, ReLU, residual add) that produced it;
@@ -23,15 +23,11 @@ this directly, but XLA:CPU removes barriers before fusion; a conditional with id
 in both branches is removed as well.) The backward is the identity: cotangents pass
 straight through, without a conditional of their own.
 
-Measured (2-core Intel Xeon VM with AVX-512, jaxlib 0.10.2, medians of rounds
-alternating the variants in one process), ResNet-20's jitted train step at batch 128 with large conv
-inputs in buffers of their own (``backends.xla_cpu.conv_backward``, ``edgefilter.emp``): dense
-435 -> 341-356 ms, EMP keep 0.25 380 -> 302-315 ms (``benchmarks.emp_step``). Putting
-the input of every conv but the first in one took LeNet's step (largest conv input
-64 x 12 x 12 x 20, a pooling output that is in memory anyway) from 9.4 to 9.6 ms, hence
-the size threshold, which LeNet's inputs stay under. Other backends fuse differently
-and pay for a conditional's predicate with a device-to-host copy, so ``x`` is returned
-as it is there.
+Putting every conv input in a buffer of its own would cost more than it saves where the
+input is small or already in memory (LeNet's pooling outputs), hence the size threshold
+:data:`MIN_ELEMENTS`; the measurements are in benchmarks/README.md ("XLA:CPU lowerings").
+Other backends fuse differently and would pay for the conditional's predicate with a
+device-to-host copy; callers use this only when :mod:`edgefilter.backends`' switch is on.
 """
 
 from __future__ import annotations
@@ -39,6 +35,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from edgefilter.backends.xla_cpu.forward_mode import reverse_mode_only
 
 #: Arrays with at least this many elements get a buffer of their own.
 MIN_ELEMENTS = 2**18
@@ -68,16 +66,11 @@ _materialized.defvjp(_materialized_fwd, _materialized_bwd)
 def own_buffer(x: jax.Array, min_elements: int | None = None) -> jax.Array:
     """``x``, the same values, computed once into its own buffer (XLA:CPU; see module doc).
 
-    Arrays smaller than ``min_elements`` (default :data:`MIN_ELEMENTS`), non-float
-    arrays, and any backend but CPU get ``x`` back unchanged. Differentiable: the
-    gradient is the identity.
+    Arrays smaller than ``min_elements`` (default :data:`MIN_ELEMENTS`) and non-float
+    arrays get ``x`` back unchanged. Differentiable in reverse mode (a ``jax.custom_vjp``):
+    the gradient is the identity. Callers use it only when the backend switch is on.
     """
     threshold = MIN_ELEMENTS if min_elements is None else min_elements
-    if (
-        x.size == 0
-        or x.size < threshold
-        or not jnp.issubdtype(x.dtype, jnp.floating)
-        or jax.default_backend() != "cpu"
-    ):
+    if x.size == 0 or x.size < threshold or not jnp.issubdtype(x.dtype, jnp.floating):
         return x
-    return _materialized(x)
+    return reverse_mode_only(_materialized, "own_buffer")(x)
