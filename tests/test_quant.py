@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from jax import lax
 
 from edgefilter.backends.xla_cpu import conv_backward
-from edgefilter.method import quant
+from edgefilter.method import emp, quant
 
 # Few, small examples: the suite shares two cores with other work.
 FAST = settings(max_examples=40, deadline=None)
@@ -348,7 +348,6 @@ def test_factories_are_hashable_and_compare_by_value():
 
 
 def test_composes_with_emp_error_transform():
-    emp = pytest.importorskip("edgefilter.method.emp")
     assert quant.conv_general_dilated(32, policy=emp.TopK(0.5)) == emp.conv_general_dilated(
         emp.TopK(0.5)
     )
@@ -386,7 +385,6 @@ def test_composes_with_emp_error_transform():
 
 
 def test_emp_model_gradients_finite_under_jit():
-    emp = pytest.importorskip("edgefilter.method.emp")
     model, params, x = _model_and_data(
         quant.conv_general_dilated(8, policy=emp.TopK(0.5)), quant.dot_general(8)
     )
