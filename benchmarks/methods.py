@@ -13,10 +13,10 @@ One command, one process, one machine:
 Each table row comes from ``edgefilter.reporting.comparison`` (see its docstring for the columns):
 the counted reduction is analytic (MACs), the measured reduction is
 ``1 - train time / SGD's train time`` with evaluation, checkpointing and compilation
-excluded. The whole sequence of variants runs ``--repeats`` times (default 3, about 12-15
-minutes on 2 CPU cores) and each variant's row is its median run
-(``comparison.median_of_repeats``): on a shared machine one run's times can drift by
-15% from the next. Results go to ``benchmarks/results/methods.{md,json}`` (``--results_dir``).
+excluded. The whole sequence of variants runs ``--repeats`` times (default 3) and each
+variant's row is its median run (``comparison.median_of_repeats``): on a shared machine
+one run's times drift from the next (benchmarks/README.md gives the run time and the
+drift seen). Results go to ``benchmarks/results/methods.{md,json}`` (``--results_dir``).
 """
 
 from __future__ import annotations

@@ -16,12 +16,43 @@ Layout (imports run one way: backends -> data, models -> method -> training -> r
 * ``edgefilter.training``: the run's config, train state and steps, the stream and its
   runners, the loop, checkpoints, metrics and the compute accounting.
 * ``edgefilter.reporting``: tables comparing runs.
+
+Public API. The modules above are the API; ``__all__`` also re-exports, one by one, the
+classes and functions a user's own training code needs whose names say what they are
+without their module:
+
+* ``TopK``, ``Threshold``: EMP's selection policies (``edgefilter.emp``).
+* ``FilterConfig``, ``FilterState``: the instance filter's settings and state
+  (``edgefilter.instance_filter``).
+* ``Dataset``, ``DatasetInfo``, ``DataUnavailableError`` (``edgefilter.data``).
+* ``TrainState``, ``create_train_state``: a network's parameters, optimizer state and
+  batch statistics (``edgefilter.models.state``).
+* ``TrainConfig``, ``train_and_evaluate``: the command line's run, callable from Python
+  (``edgefilter.training``).
+
+Names that read right only with their module stay qualified: ``models.create``,
+``emp.conv_general_dilated``, ``emp.pruning``, ``quant.conv_general_dilated``,
+``instance_filter.init`` / ``predict`` / ``update`` / ``end_window``,
+``flops.per_instance``, ``data.load``. ``edgefilter.backends`` (lowerings for one
+backend's speed) is not part of the public API::
+
+  import edgefilter as ef
+
+  model = ef.models.create("lenet", 10)
+  with ef.emp.pruning(ef.TopK(keep_ratio=0.5)):  # every conv but the first
+      grads = jax.grad(loss_fn)(params)
 """
 
 import sys
 
 from edgefilter import data, method, models, reporting, training
+from edgefilter.data import Dataset, DatasetInfo, DataUnavailableError
 from edgefilter.method import eif, emp, flops, instance_filter, quant
+from edgefilter.method.emp import Threshold, TopK
+from edgefilter.method.instance_filter import FilterConfig, FilterState
+from edgefilter.models.state import TrainState, create_train_state
+from edgefilter.training.config import TrainConfig
+from edgefilter.training.loop import train_and_evaluate
 
 # `import edgefilter.emp` (and the other method modules) keeps working: DESIGN.md's names.
 for _name in ("eif", "emp", "flops", "instance_filter", "quant"):
@@ -29,6 +60,7 @@ for _name in ("eif", "emp", "flops", "instance_filter", "quant"):
 del _name
 
 __all__ = [
+    # Modules.
     "data",
     "eif",
     "emp",
@@ -39,5 +71,18 @@ __all__ = [
     "quant",
     "reporting",
     "training",
+    # The method's settings and state.
+    "FilterConfig",
+    "FilterState",
+    "Threshold",
+    "TopK",
+    # Data, networks, training.
+    "DataUnavailableError",
+    "Dataset",
+    "DatasetInfo",
+    "TrainConfig",
+    "TrainState",
+    "create_train_state",
+    "train_and_evaluate",
 ]
 __version__ = "0.1.0"

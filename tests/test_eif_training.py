@@ -233,9 +233,11 @@ def test_resume_after_a_crash_matches_the_uninterrupted_run(eif_run, tmp_path, t
     full = eif_run[0]
     workdir = str(tmp_path / "crashed")
     # Dies before predicting chunk 15; the newest checkpoint is chunk 13: mid-window,
-    # with instances waiting in the queues. Checkpoint frequency does not change results.
+    # with instances waiting in the queues. Checkpoint frequency does not change results,
+    # nor does the length of the run (resumed longer than it started; the lr is constant).
+    crashing = _config(checkpoint_every_steps=13, steps=16)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _spied_run(_config(checkpoint_every_steps=13), workdir, tiny_dataset, crash_at=15)
+        _spied_run(crashing, workdir, tiny_dataset, crash_at=15)
     resumed = loop.train_and_evaluate(_config(), workdir, dataset=tiny_dataset, show_progress=False)
     chex.assert_trees_all_equal(full["state"].params, resumed["state"].params)
     chex.assert_trees_all_equal(full["state"].opt_state, resumed["state"].opt_state)

@@ -18,6 +18,8 @@ Public API:
 * :func:`conv_general_dilated`: ``conv_general_dilated(policy)`` returns a drop-in
   replacement for :func:`jax.lax.conv_general_dilated` (a :class:`PrunedConv`), e.g.
   ``flax.linen.Conv(16, (3, 3), conv_general_dilated=emp.conv_general_dilated(TopK(0.5)))``.
+* :func:`pruning`: ``with emp.pruning(TopK(0.5)):`` gives every ``flax.linen.Conv`` of an
+  unmodified flax model that pruned convolution (the first one left dense).
 * :func:`channel_scores` (Eq. 11) and :func:`select_channels`: the selection as pure
   functions, for tests, analysis and accounting.
 * :func:`backward_macs` and :func:`selection_macs`: analytic operation counts, so the
@@ -85,14 +87,16 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -109,6 +113,7 @@ __all__ = [
     "backward_macs",
     "channel_scores",
     "conv_general_dilated",
+    "pruning",
     "select_channels",
     "selection_macs",
 ]
@@ -651,3 +656,124 @@ def conv_general_dilated(
     return PrunedConv(
         policy=policy, error_transform=error_transform, xla_cpu=backends.use_xla_cpu(xla_cpu)
     )
+
+
+# ----------------------------------------------------------------------------------------
+# Pruning an unmodified flax model: method interception.
+# ----------------------------------------------------------------------------------------
+
+
+class _PruningInterceptor:
+    """The flax method interceptor behind :func:`pruning` (one per ``with`` block).
+
+    It sees every wrapped method call of every module. A call that arrives while no other
+    intercepted call is running (``depth == 0``) starts a new top-level module call (an
+    ``apply`` or ``init``), so the record of that call's first convolution is reset.
+    """
+
+    def __init__(self, conv: PrunedConv, skip_first: bool) -> None:
+        self.conv = conv
+        self.skip_first = skip_first
+        self.depth = 0
+        self.first: tuple[str, ...] | None = None  # scope path of the first nn.Conv called
+
+    def __call__(self, next_fun: Callable[..., Any], args: Any, kwargs: Any, context: Any) -> Any:
+        if self.depth == 0:
+            self.first = None
+        self.depth += 1
+        try:
+            return self._intercept(next_fun, args, kwargs, context)
+        finally:
+            self.depth -= 1
+
+    def _intercept(self, next_fun: Callable[..., Any], args: Any, kwargs: Any, context: Any) -> Any:
+        module = context.module
+        if (
+            context.method_name != "__call__"
+            or not isinstance(module, nn.Conv)
+            or module.conv_general_dilated is self.conv  # the clone made below
+        ):
+            return next_fun(*args, **kwargs)
+        path = tuple(module.scope.path)
+        if self.first is None:
+            self.first = path
+        if self.skip_first and path == self.first:
+            return next_fun(*args, **kwargs)
+        own = module.conv_general_dilated_cls or module.conv_general_dilated
+        if own not in (None, lax.conv_general_dilated, conv_backward.conv_general_dilated):
+            raise ValueError(
+                f"emp.pruning: nn.Conv {'/'.join(path)!r} computes its convolution with "
+                f"{own!r}; pruning replaces only lax.conv_general_dilated (flax's default, "
+                "or its XLA:CPU lowering that edgefilter.models uses with the switch on). "
+                "Build that layer with conv_general_dilated=emp.conv_general_dilated(policy) "
+                "(quant.conv_general_dilated takes a policy too) instead."
+            )
+        # The same layer (same scope: same parameters, names and rngs) with EMP's primitive.
+        pruned = module.clone(
+            parent=module.scope, conv_general_dilated=self.conv, conv_general_dilated_cls=None
+        )
+        return getattr(pruned, context.method_name)(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _intercepting(interceptor: _PruningInterceptor) -> Iterator[None]:
+    with nn.intercept_methods(interceptor):
+        yield
+
+
+def pruning(
+    policy: Policy, *, skip_first: bool = True, xla_cpu: bool | None = None
+) -> contextlib.AbstractContextManager[None]:
+    """Error map pruning for every ``flax.linen.Conv`` of an unmodified flax model.
+
+    Inside the ``with`` block every :class:`flax.linen.Conv` computes its convolution with
+    ``conv_general_dilated(policy)``: the forward pass is unchanged, and the backward
+    scores the output-error channels by Eq. 11 (Eq. 14 for the default gammas) and runs
+    error propagation (Eq. 8) and the weight gradient (Eq. 12) on the kept channels only.
+    It is the same as building each layer with ``conv_general_dilated=`` this module's
+    :func:`conv_general_dilated` (and the first one without it, see ``skip_first``),
+    without editing the model::
+
+        with emp.pruning(emp.TopK(0.5)):
+            grads = jax.grad(loss_fn)(params)   # loss_fn calls model.apply
+
+    The layers keep their parameters, names and random streams (each is run as a clone
+    bound to its own scope, by :func:`flax.linen.intercept_methods`), so ``init`` gives
+    the same variables inside and outside the block.
+
+    Args:
+      policy: :class:`TopK` or :class:`Threshold`.
+      skip_first: leave the first ``nn.Conv`` that each top-level module call (each
+        ``apply`` or ``init`` of the outermost module) calls dense: the layer that sees
+        the input, whose input error nobody needs (see "First layer" in the module
+        docstring; edgefilter's training leaves it dense by default too). The layer is
+        identified by its scope path, so a shared layer called again later in the same
+        call stays dense too. ``False`` prunes every ``nn.Conv``.
+      xla_cpu: the backend switch of :func:`conv_general_dilated` (``None``: on when
+        JAX's default backend is the CPU; see :mod:`edgefilter.backends`).
+
+    Returns:
+      A context manager; the interception is active until its block exits.
+
+    Raises:
+      TypeError: ``policy`` is not a :class:`TopK` or :class:`Threshold`.
+      ValueError: ``skip_first`` is not a bool; or, while a model runs in the block, a
+        layer to be pruned was built with a primitive of its own (``conv_general_dilated``
+        or ``conv_general_dilated_cls`` other than lax's), which pruning would silently
+        replace: build that layer with the explicit primitive instead.
+
+    Notes:
+      * The interception acts when the model's Python code runs, that is while a
+        function is traced. A function ``jax.jit`` traced *outside* the block does not
+        prune when called inside it (its compiled program is reused), and one traced
+        inside keeps pruning when called later outside. Put the block inside the jitted
+        function (``with emp.pruning(p): return jax.grad(loss_fn)(params)``), as
+        ``tests/test_emp_pruning.py`` does.
+      * Only ``nn.Conv`` is intercepted: ``nn.ConvTranspose`` and ``nn.ConvLocal`` take
+        no ``conv_general_dilated`` and stay dense, as do dense layers. Grouped
+        convolutions raise :class:`NotImplementedError`, as with the explicit primitive.
+    """
+    conv = conv_general_dilated(policy, xla_cpu=xla_cpu)
+    if not isinstance(skip_first, bool):
+        raise ValueError(f"skip_first must be True or False, got {skip_first!r}.")
+    return _intercepting(_PruningInterceptor(conv, skip_first))

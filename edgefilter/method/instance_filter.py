@@ -61,6 +61,17 @@ from flax import struct
 from edgefilter.method import eif
 from edgefilter.models.state import TrainState, create_train_state
 
+__all__ = [
+    "CONTROLS",
+    "FilterConfig",
+    "FilterState",
+    "Prediction",
+    "end_window",
+    "init",
+    "predict",
+    "update",
+]
+
 CONTROLS = ("quantile", "argmax")
 
 
@@ -160,6 +171,8 @@ class FilterState(struct.PyTreeNode):
 
 
 class Prediction(NamedTuple):
+    """What :func:`predict` decides for each instance of a chunk."""
+
     pred_high: jax.Array  # [m] bool, the filter's decision.
     uncertain: jax.Array  # [m] bool, predicted L with entropy > entropy_T (Eq. 5).
     entropy: jax.Array  # [m] prediction entropy (Eq. 4).
