@@ -1,0 +1,103 @@
+"""The selection interface every data-selection method implements.
+
+A *selector* decides, for each arriving chunk of ``m`` instances, which of them the main
+network trains on and which it only probes with a forward pass, and learns from what
+that training and probing reveal. Like an optax ``GradientTransformation`` it is a
+NamedTuple of pure functions over a state pytree::
+
+  sel = edgefilter.select.eif(filter_model, optax.sgd(0.1, 0.5), FilterConfig(), chunk_size=64)
+  state = sel.init(key, x_example)                      # x_example: one chunk, [m, ...]
+  # Inside the user's jitted step, for each chunk x ([m, ...], normalised):
+  choice, state = sel.select(state, x, key)             # fixed shapes
+  #   ... train on x[choice.train_idx] with weights choice.train_weight, keeping the
+  #   ... per-instance losses; forward x[choice.probe_idx] for the probe losses;
+  state, metrics = sel.observe(state, x, choice, train_losses, probe_losses)
+
+The contract:
+
+* ``init(key, x_example) -> state``: a fresh state; ``x_example`` fixes the chunk shape.
+* ``select(state, x, key, valid=None) -> (Choice, state)``: ``x`` is a chunk of
+  ``chunk_size`` instances, ``valid`` ([m] bool, default all True) marks padding of a
+  run's last, short chunk. The returned :class:`Choice` has static shapes: exactly
+  ``train_size`` training slots and ``probe_size`` probe slots, whatever the data; slots
+  that hold no real instance have weight 0.
+* ``observe(state, x, choice, train_losses, probe_losses) -> (state, metrics)``: the
+  main network's per-instance losses on the chosen training slots (``[train_size]``,
+  from the forward pass of the step that trains on them) and on the probe slots
+  (``[probe_size]``, forward only); ``metrics`` is a dict of scalars with the same keys
+  every call.
+* All three are pure and jittable, need no host round trip, and do not recompile from
+  one chunk to the next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["Choice", "Selector", "gather"]
+
+
+class Choice(NamedTuple):
+    """A selector's decision on one chunk: indices into the chunk, fixed shapes.
+
+    Attributes:
+      train_idx: ``[train_size]`` int32, the instances to train the main network on.
+      train_weight: ``[train_size]`` float32, 1 for a real instance, 0 for a padding slot
+        (padding repeats a real index, so a batch norm sees real data, but adds nothing
+        to the loss).
+      probe_idx: ``[probe_size]`` int32, instances whose main-network loss the selector
+        wants from a forward pass only.
+      probe_weight: ``[probe_size]`` float32, 1 for a real probe, 0 for a padding slot.
+    """
+
+    train_idx: jax.Array
+    train_weight: jax.Array
+    probe_idx: jax.Array
+    probe_weight: jax.Array
+
+
+class Selector(NamedTuple):
+    """A data-selection method as three pure functions (see the module doc).
+
+    Attributes:
+      init: ``(key, x_example) -> state``.
+      select: ``(state, x, key, valid=None) -> (Choice, state)``.
+      observe: ``(state, x, choice, train_losses, probe_losses) -> (state, metrics)``.
+      train_size: training slots per chunk (static).
+      probe_size: probe slots per chunk (static; 0 when the method probes nothing).
+    """
+
+    init: Callable[..., Any]
+    select: Callable[..., tuple[Choice, Any]]
+    observe: Callable[..., tuple[Any, dict[str, jax.Array]]]
+    train_size: int
+    probe_size: int
+
+
+def gather(choice: Choice, *arrays: jax.Array) -> tuple[tuple[jax.Array, ...], ...]:
+    """The chosen training and probe rows of per-chunk arrays (images, labels, ...).
+
+    Returns ``(train_rows, probe_rows)``, each a tuple with one array per argument:
+    ``arrays[i][choice.train_idx]`` and ``arrays[i][choice.probe_idx]``.
+    """
+    train = tuple(jnp.take(a, choice.train_idx, axis=0) for a in arrays)
+    probe = tuple(jnp.take(a, choice.probe_idx, axis=0) for a in arrays)
+    return train, probe
+
+
+def top_slots(scores: jax.Array, eligible: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    """The ``size`` eligible positions with the largest scores, and their validity.
+
+    Ties go to the lower index (:func:`jax.lax.top_k`). When fewer than ``size``
+    positions are eligible, the remaining slots hold ineligible positions with validity
+    False; a caller gives them weight 0.
+    """
+    if size == 0:
+        return jnp.zeros((0,), jnp.int32), jnp.zeros((0,), bool)
+    masked = jnp.where(eligible, scores.astype(jnp.float32), -jnp.inf)
+    _, idx = jax.lax.top_k(masked, size)
+    return idx.astype(jnp.int32), eligible[idx]

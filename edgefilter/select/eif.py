@@ -1,0 +1,178 @@
+"""The early instance filter (PAPER.md Eq. 1-7) as a :class:`~edgefilter.select.Selector`.
+
+Everything the method needs lives inside the three functions, so a user's loop cannot
+forget a part:
+
+* ``select``: the filter's forward on the chunk; the ``train_size = round(R_set * m)``
+  instances with the largest margin ``logit_H - logit_L`` are predicted H and trained on
+  (quantile control, ``instance_filter``'s module doc: the kept fraction is ``R_set`` by
+  construction); the prediction entropy (Eq. 4) marks uncertain predicted-L instances
+  (Eq. 5). Probe slots: ``random_probes`` predicted-L instances drawn uniformly at random
+  (their labels estimate the H rate among predicted-L instances, which steers ``T_l``
+  under quantile control), then the most uncertain predicted-L instances.
+* ``observe``: labels every instance whose main-network loss is now known by Eq. 1,
+  takes one filter step on the weighted loss (Eq. 6-7), counts true-high instances for
+  ``R_TH`` (Eq. 2), and every ``window`` chunks closes the window and adapts ``T_l``
+  (Eq. 2-3) inside a :func:`jax.lax.cond`.
+
+Differences from the command line's runner (``training.eif_runner``): a chunk's
+selection is trained in the same step (no queue across chunks), probes are chosen per
+chunk (no probe queue), and the kept count is exactly ``train_size`` (ties at the
+quantile are broken by index). Only quantile control fits fixed shapes: the paper's
+argmax rule keeps a data-dependent count per chunk.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from edgefilter.method import eif as eif_lib
+from edgefilter.method import instance_filter
+from edgefilter.select.base import Choice, Selector, top_slots
+
+__all__ = ["EifState", "eif"]
+
+
+class EifState(struct.PyTreeNode):
+    """The filter's state, the chunk count, and what ``select`` told ``observe``."""
+
+    filter: instance_filter.FilterState
+    chunk: jax.Array  # Chunks observed so far.
+    probe_random: jax.Array  # [probe_size] bool: the last choice's random probe slots.
+
+
+def _window_metric_shapes(state: instance_filter.FilterState, config: Any) -> dict[str, Any]:
+    """Shapes and dtypes of ``end_window``'s metrics (trace time only)."""
+    return jax.eval_shape(lambda s: instance_filter.end_window(s, config)[1], state)
+
+
+def eif(
+    filter_model: nn.Module,
+    tx: optax.GradientTransformation,
+    config: instance_filter.FilterConfig,
+    *,
+    chunk_size: int,
+    probe_size: int | None = None,
+    random_probes: int = 1,
+) -> Selector:
+    """The early instance filter as a selector (see the module doc).
+
+    Args:
+      filter_model: the 2-way filter network (e.g. ``models.create("lenet_slim", 2)``).
+      tx: the filter's optimizer.
+      config: the filter's hyper-parameters; ``control`` must be ``"quantile"``.
+      chunk_size: ``m``, instances per chunk.
+      probe_size: probe slots per chunk (default ``max(1, train_size // 8)``; 0 turns
+        probing, and with it uncertainty sampling and the random probes, off).
+      random_probes: of the probe slots, how many go to random predicted-L instances.
+
+    Returns:
+      A :class:`~edgefilter.select.Selector` with ``train_size = round(R_set * m)``.
+
+    Raises:
+      ValueError: for a non-quantile control, or sizes out of range.
+    """
+    if config.control != "quantile":
+        raise ValueError(
+            f"control={config.control!r}: the selection interface needs quantile control "
+            "(a fixed kept count per chunk); the paper's argmax rule is available through "
+            "the command line's --eif_control=argmax"
+        )
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer")
+    train_size = max(1, round(config.r_set * chunk_size))
+    if probe_size is None:
+        probe_size = max(1, train_size // 8)
+    if not 0 <= probe_size <= chunk_size - train_size:
+        raise ValueError(f"probe_size={probe_size!r} must lie in [0, {chunk_size - train_size}]")
+    if random_probes < 0:
+        raise ValueError(f"random_probes={random_probes!r} must be >= 0")
+    num_random = min(random_probes, probe_size)
+
+    def init(key: jax.Array, x_example: jax.Array) -> EifState:
+        if x_example.shape[0] != chunk_size:
+            raise ValueError(
+                f"x_example has {x_example.shape[0]} instances; chunk_size is {chunk_size}"
+            )
+        fstate = instance_filter.init(filter_model, tx, key, x_example.shape[1:], config)
+        return EifState(
+            filter=fstate,
+            chunk=jnp.zeros((), jnp.int32),
+            probe_random=jnp.zeros((probe_size,), bool),
+        )
+
+    def select(
+        state: EifState, x: jax.Array, key: jax.Array, valid: jax.Array | None = None
+    ) -> tuple[Choice, EifState]:
+        if valid is None:
+            valid = jnp.ones((chunk_size,), bool)
+        net = state.filter.net
+        variables = {"params": net.params, "batch_stats": net.batch_stats}
+        logits = net.apply_fn(variables, x, train=False).astype(jnp.float32)
+        margin = logits[:, 1] - logits[:, 0]
+        train_idx, train_valid = top_slots(margin, valid, train_size)
+        pred_high = jnp.zeros((chunk_size,), bool).at[train_idx].set(train_valid)
+        entropy = eif_lib.prediction_entropy(jax.nn.softmax(logits))  # Eq. 4
+        uncertain = eif_lib.uncertainty_mask(pred_high, entropy, config.entropy_threshold)
+        uncertain &= valid & config.uncertainty  # Eq. 5
+        low = valid & ~pred_high
+        random_idx, random_valid = top_slots(
+            jax.random.uniform(key, (chunk_size,)), low, num_random
+        )
+        taken = jnp.zeros((chunk_size,), bool).at[random_idx].set(random_valid)
+        unsure_idx, unsure_valid = top_slots(entropy, uncertain & ~taken, probe_size - num_random)
+        kth_margin = jnp.min(jnp.where(pred_high, margin, jnp.inf))
+        fstate = state.filter.replace(
+            offset=jnp.where(jnp.any(pred_high), kth_margin, 0.0).astype(jnp.float32),
+            streamed=state.filter.streamed + jnp.sum(valid, dtype=jnp.int32),
+            predicted_high=state.filter.predicted_high + jnp.sum(pred_high, dtype=jnp.int32),
+            sampled=state.filter.sampled + jnp.sum(uncertain, dtype=jnp.int32),
+        )
+        choice = Choice(
+            train_idx=train_idx,
+            train_weight=train_valid.astype(jnp.float32),
+            probe_idx=jnp.concatenate([random_idx, unsure_idx]),
+            probe_weight=jnp.concatenate([random_valid, unsure_valid]).astype(jnp.float32),
+        )
+        probe_random = jnp.arange(probe_size) < num_random
+        return choice, state.replace(filter=fstate, probe_random=probe_random)
+
+    def observe(
+        state: EifState,
+        x: jax.Array,
+        choice: Choice,
+        train_losses: jax.Array,
+        probe_losses: jax.Array,
+    ) -> tuple[EifState, dict[str, jax.Array]]:
+        known_x = jnp.take(x, jnp.concatenate([choice.train_idx, choice.probe_idx]), axis=0)
+        fstate, metrics = instance_filter.update(
+            state.filter,
+            known_x,
+            jnp.concatenate([train_losses, probe_losses]).astype(jnp.float32),
+            jnp.arange(train_size + probe_size) < train_size,
+            jnp.concatenate([choice.train_weight, choice.probe_weight]) > 0,
+            config,
+            jnp.concatenate([jnp.zeros((train_size,), bool), state.probe_random]),
+        )
+        chunk = state.chunk + 1
+        closes = chunk % config.window == 0
+        window_shapes = _window_metric_shapes(fstate, config)
+
+        def close(s):
+            return instance_filter.end_window(s, config)
+
+        def keep(s):
+            return s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), window_shapes)
+
+        fstate, window = jax.lax.cond(closes, close, keep, fstate)
+        window = {f"window/{k}": v for k, v in window.items()}
+        metrics = {**metrics, **window, "window_closed": closes}
+        return state.replace(filter=fstate, chunk=chunk), metrics
+
+    return Selector(init, select, observe, train_size, probe_size)

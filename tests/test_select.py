@@ -1,0 +1,212 @@
+"""Tests of edgefilter.select: the selection interface, EIF and uniform selection.
+
+Hand-worked chunks: a linear "filter" whose margin is the first pixel, so which instances
+are kept, sampled and probed can be worked out with NumPy; and a user's own jitted flax
+loop over a learnable stream, in which T_l must track while the kept fraction stays R_set.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from edgefilter import models
+from edgefilter import select as select_lib
+from edgefilter.method import instance_filter
+from tests.conftest import learnable_images
+
+
+class FirstPixelFilter(nn.Module):
+    """2-way logits ``[0, x[0]]``: the margin of instance i is its first pixel."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train
+        w = self.param("w", nn.initializers.zeros, (1,))
+        first = x.reshape(len(x), -1)[:, 0] * (1.0 + w[0])
+        return jnp.stack([jnp.zeros_like(first), first], axis=-1)
+
+
+def _chunk(margins: list[float]) -> jax.Array:
+    x = np.zeros((len(margins), 2, 2, 1), np.float32)
+    x[:, 0, 0, 0] = margins
+    return jnp.asarray(x)
+
+
+def _entropy(margin: np.ndarray) -> np.ndarray:
+    p = 1.0 / (1.0 + np.exp(-margin))
+    return -(p * np.log(p) + (1 - p) * np.log(1 - p))
+
+
+def test_eif_select_keeps_the_top_r_set_margins_and_probes_the_uncertain_low_ones():
+    margins = [3.0, -0.1, 0.2, -4.0, 1.0, 0.05, -2.0, 0.4, -0.3, 2.0]
+    config = instance_filter.FilterConfig(r_set=0.3, entropy_threshold=0.6)
+    sel = select_lib.eif(
+        FirstPixelFilter(), optax.sgd(0.1), config, chunk_size=10, probe_size=3, random_probes=1
+    )
+    x = _chunk(margins)
+    state = sel.init(jax.random.key(0), x)
+    choice, state = jax.jit(sel.select)(state, x, jax.random.key(1))
+    # round(0.3 * 10) = 3 kept: the margins 3.0, 2.0, 1.0 (indices 0, 9, 4).
+    assert sel.train_size == 3 and sel.probe_size == 3
+    np.testing.assert_array_equal(np.sort(np.asarray(choice.train_idx)), [0, 4, 9])
+    np.testing.assert_array_equal(choice.train_weight, [1.0, 1.0, 1.0])
+    # Predicted L with entropy above 0.6 nats: |margin| small. NumPy's entropies:
+    low = np.setdiff1d(np.arange(10), [0, 4, 9])
+    unsure = set(low[_entropy(np.asarray(margins)[low]) > 0.6].tolist())
+    assert unsure == {1, 2, 5, 7, 8}
+    probe_idx = np.asarray(choice.probe_idx)
+    random_probe, uncertain_probes = probe_idx[0], probe_idx[1:]
+    assert random_probe in low  # one random predicted-L instance ...
+    # ... then the two most uncertain of the others (entropy largest at margin 0).
+    rest = sorted(unsure - {int(random_probe)}, key=lambda i: abs(margins[i]))
+    np.testing.assert_array_equal(uncertain_probes, rest[:2])
+    np.testing.assert_array_equal(choice.probe_weight, [1.0, 1.0, 1.0])
+    assert int(state.filter.streamed) == 10 and int(state.filter.predicted_high) == 3
+    assert int(state.filter.sampled) == 5
+    np.testing.assert_allclose(state.filter.offset, 1.0)  # The smallest kept margin.
+
+
+def test_eif_select_never_keeps_padding_and_pads_with_weight_zero():
+    config = instance_filter.FilterConfig(r_set=0.5, entropy_threshold=0.0)
+    sel = select_lib.eif(FirstPixelFilter(), optax.sgd(0.1), config, chunk_size=6, probe_size=2)
+    x = _chunk([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
+    valid = jnp.asarray([False, False, False, False, True, True])  # A short last chunk.
+    state = sel.init(jax.random.key(0), x)
+    choice, state = sel.select(state, x, jax.random.key(1), valid)
+    kept = np.asarray(choice.train_idx)[np.asarray(choice.train_weight) > 0]
+    np.testing.assert_array_equal(np.sort(kept), [4, 5])  # Only 2 valid of 3 slots.
+    assert float(choice.train_weight.sum()) == 2.0
+    assert float(choice.probe_weight.sum()) == 0.0  # Nothing valid is left to probe.
+    assert int(state.filter.streamed) == 2
+
+
+def _update_by_hand(fstate, x, choice, train_losses, probe_losses, config, random_probes):
+    """instance_filter.update on the chosen instances, composed by hand."""
+    known = jnp.concatenate([choice.train_idx, choice.probe_idx])
+    k, p = len(choice.train_idx), len(choice.probe_idx)
+    return instance_filter.update(
+        fstate,
+        x[known],
+        jnp.concatenate([train_losses, probe_losses]),
+        jnp.arange(k + p) < k,
+        jnp.concatenate([choice.train_weight, choice.probe_weight]) > 0,
+        config,
+        jnp.concatenate([jnp.zeros(k, bool), jnp.arange(p) < random_probes]),
+    )
+
+
+def test_eif_observe_is_instance_filter_update_then_end_window_every_n_chunks():
+    config = instance_filter.FilterConfig(r_set=0.3, window=2, init_threshold=0.5)
+    sel = select_lib.eif(
+        FirstPixelFilter(), optax.sgd(0.1), config, chunk_size=10, probe_size=2, random_probes=1
+    )
+    x = _chunk([3.0, -0.1, 0.2, -4.0, 1.0, 0.05, -2.0, 0.4, -0.3, 2.0])
+    train_losses, probe_losses = jnp.asarray([1.0, 0.2, 0.9]), jnp.asarray([0.7, 0.1])
+    observe = jax.jit(sel.observe)
+    state = sel.init(jax.random.key(0), x)
+    choice, state = sel.select(state, x, jax.random.key(1))
+    expected, expected_metrics = _update_by_hand(
+        state.filter, x, choice, train_losses, probe_losses, config, 1
+    )
+    state, metrics = observe(state, x, choice, train_losses, probe_losses)
+    assert not bool(metrics["window_closed"])
+    np.testing.assert_allclose(metrics["filter_loss"], expected_metrics["filter_loss"], rtol=1e-6)
+    assert int(state.filter.true_high) == int(expected.true_high) == 2  # 1.0, 0.9 >= 0.5.
+    assert int(state.filter.random_high) == 1 and int(state.filter.random_known) == 1
+    assert float(state.filter.threshold) == 0.5  # The window is still open.
+    # The second chunk closes the window of 2 chunks: Eq. 2-3, then the counters reset.
+    choice, state = sel.select(state, x, jax.random.key(2))
+    expected, _ = _update_by_hand(state.filter, x, choice, train_losses, probe_losses, config, 1)
+    expected, expected_window = instance_filter.end_window(expected, config)
+    state, metrics = observe(state, x, choice, train_losses, probe_losses)
+    assert bool(metrics["window_closed"]) and int(state.chunk) == 2
+    for name, value in expected_window.items():
+        np.testing.assert_allclose(metrics[f"window/{name}"], value, rtol=1e-6)
+    np.testing.assert_allclose(state.filter.threshold, expected.threshold, rtol=1e-6)
+    assert float(state.filter.threshold) != 0.5
+    assert int(state.filter.streamed) == 0 and int(state.filter.known) == 0
+    assert observe._cache_size() == 1  # One compilation for both chunks.
+
+
+def test_uniform_selects_r_set_of_the_valid_instances_without_repeats():
+    sel = select_lib.uniform(0.3, chunk_size=64)
+    state = sel.init(jax.random.key(0), jnp.zeros((64, 1)))
+    seen = np.zeros(64)
+    for i in range(50):
+        choice, state = sel.select(state, jnp.zeros((64, 1)), jax.random.key(i))
+        idx = np.asarray(choice.train_idx)
+        assert len(set(idx.tolist())) == 19 and choice.probe_idx.shape == (0,)
+        seen[idx] += 1
+    assert seen.min() > 0  # Every position is drawn at some point (950 draws over 64).
+
+
+def test_argmax_control_is_refused_with_a_clear_message():
+    config = instance_filter.FilterConfig(control="argmax")
+    with pytest.raises(ValueError, match="control='argmax'.*quantile"):
+        select_lib.eif(FirstPixelFilter(), optax.sgd(0.1), config, chunk_size=64)
+
+
+class SmallCNN(nn.Module):
+    """A user's own model, written without edgefilter."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.max_pool(nn.relu(nn.Conv(8, (3, 3))(x)), (2, 2), (2, 2))
+        x = nn.max_pool(nn.relu(nn.Conv(16, (3, 3))(x)), (2, 2), (2, 2))
+        return nn.Dense(10)(x.reshape(len(x), -1))
+
+
+def test_a_users_own_loop_adopts_eif_and_t_l_tracks():
+    images, labels = learnable_images(640, 0)
+    images = images.astype(np.float32) / 255.0
+    m, chunks = 64, 300
+    model, tx = SmallCNN(), optax.sgd(0.05, momentum=0.9)
+    key = jax.random.key(0)
+    params = model.init(key, jnp.zeros((1, 28, 28, 1)))["params"]
+    opt_state = tx.init(params)
+    config = instance_filter.FilterConfig(r_set=0.3)
+    sel = select_lib.eif(
+        models.create("lenet_slim", 2), optax.sgd(0.1, momentum=0.5), config, chunk_size=m
+    )
+    sel_state = sel.init(key, jnp.zeros((m, 28, 28, 1)))
+
+    @jax.jit
+    def step(params, opt_state, sel_state, x, y, key):
+        choice, sel_state = sel.select(sel_state, x, key)
+        (xt, yt), (xp, yp) = select_lib.gather(choice, x, y)
+
+        def loss_fn(p):
+            logits = model.apply({"params": p}, xt)
+            losses = optax.softmax_cross_entropy_with_integer_labels(logits, yt)
+            return jnp.sum(losses * choice.train_weight) / jnp.sum(choice.train_weight), losses
+
+        (_, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        probe_logits = model.apply({"params": params}, xp)
+        probe_losses = optax.softmax_cross_entropy_with_integer_labels(probe_logits, yp)
+        sel_state, metrics = sel.observe(sel_state, x, choice, losses, probe_losses)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, sel_state, metrics
+
+    thresholds, kept, trained = [], [], 0
+    rng = np.random.default_rng(0)
+    for i in range(chunks):
+        idx = rng.choice(len(images), m, replace=False)
+        x, y = jnp.asarray(images[idx]), jnp.asarray(labels[idx])
+        params, opt_state, sel_state, metrics = step(
+            params, opt_state, sel_state, x, y, jax.random.fold_in(key, i)
+        )
+        trained += sel.train_size
+        if bool(metrics["window_closed"]):
+            thresholds.append(float(metrics["window/threshold"]))
+            kept.append(float(metrics["window/predicted_high_fraction"]))
+    assert step._cache_size() == 1
+    assert trained / (chunks * m) == pytest.approx(19 / 64)  # round(0.3 * 64) per chunk.
+    np.testing.assert_allclose(kept, 19 / 64)  # The kept fraction holds at R_set ...
+    ratio = np.asarray(thresholds) / config.init_threshold
+    assert len(ratio) == chunks // config.window
+    assert ratio.min() > 0.25 and ratio.max() < 4.0, ratio  # ... and T_l tracks.
