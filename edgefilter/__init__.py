@@ -3,7 +3,8 @@
 A JAX/Flax implementation of Wu et al., "Enabling On-Device CNN Training by
 Self-Supervised Instance Filtering and Error Map Pruning" (IEEE TCAD 2020).
 
-Layout (imports run one way: backends -> data, models -> method -> training -> reporting):
+Layout (imports run one way: backends -> data, models -> method -> select -> training ->
+reporting):
 
 * ``edgefilter.backends``: lowerings written for one backend's speed (XLA:CPU's), behind
   one switch; the method reads the same without them.
@@ -13,6 +14,9 @@ Layout (imports run one way: backends -> data, models -> method -> training -> r
   (the filter as init/predict/update/end_window), ``emp`` (error map pruning, Eq. 8-14),
   ``quant`` (k-bit training) and ``flops`` (analytic MAC counts). These modules are also
   reachable as ``edgefilter.eif``, ``edgefilter.emp``, ... (the names of DESIGN.md).
+* ``edgefilter.select``: data selection as one interface (``init`` / ``select`` /
+  ``observe``, fixed shapes) with the early instance filter and uniform random
+  selection as implementations, for a user's own jitted loop.
 * ``edgefilter.training``: the run's config, train state and steps, the stream and its
   runners, the loop, checkpoints, metrics and the compute accounting.
 * ``edgefilter.reporting``: tables comparing runs.
@@ -45,7 +49,7 @@ backend's speed) is not part of the public API::
 
 import sys
 
-from edgefilter import data, method, models, reporting, training
+from edgefilter import data, method, models, reporting, select, training
 from edgefilter.data import Dataset, DatasetInfo, DataUnavailableError
 from edgefilter.method import eif, emp, flops, instance_filter, quant
 from edgefilter.method.emp import Threshold, TopK
@@ -70,6 +74,7 @@ __all__ = [
     "models",
     "quant",
     "reporting",
+    "select",
     "training",
     # The method's settings and state.
     "FilterConfig",
