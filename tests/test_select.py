@@ -7,6 +7,8 @@ loop over a learnable stream, in which T_l must track while the kept fraction st
 
 from __future__ import annotations
 
+import pathlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,7 +16,6 @@ import numpy as np
 import optax
 import pytest
 
-from edgefilter import models
 from edgefilter import select as select_lib
 from edgefilter.method import instance_filter
 from tests.conftest import learnable_images
@@ -151,62 +152,34 @@ def test_argmax_control_is_refused_with_a_clear_message():
         select_lib.eif(FirstPixelFilter(), optax.sgd(0.1), config, chunk_size=64)
 
 
-class SmallCNN(nn.Module):
-    """A user's own model, written without edgefilter."""
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.max_pool(nn.relu(nn.Conv(8, (3, 3))(x)), (2, 2), (2, 2))
-        x = nn.max_pool(nn.relu(nn.Conv(16, (3, 3))(x)), (2, 2), (2, 2))
-        return nn.Dense(10)(x.reshape(len(x), -1))
+def _readme_user_loop() -> str:
+    """The README's "A user's own loop" code block, as written there."""
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    start = readme.index("```python\n# A user's own loop")
+    return readme[start + len("```python\n") : readme.index("```", start + 3)]
 
 
-def test_a_users_own_loop_adopts_eif_and_t_l_tracks():
+def test_the_readme_user_loop_adopts_eif_and_emp_and_t_l_tracks():
+    namespace = {"key": jax.random.key(0)}
+    exec(_readme_user_loop(), namespace)  # Defines model, sel, step, the states, ...
+    step, m = namespace["step"], namespace["m"]
+    params, opt_state, sel_state = (namespace[k] for k in ("params", "opt_state", "sel_state"))
     images, labels = learnable_images(640, 0)
     images = images.astype(np.float32) / 255.0
-    m, chunks = 64, 300
-    model, tx = SmallCNN(), optax.sgd(0.05, momentum=0.9)
-    key = jax.random.key(0)
-    params = model.init(key, jnp.zeros((1, 28, 28, 1)))["params"]
-    opt_state = tx.init(params)
-    config = instance_filter.FilterConfig(r_set=0.3)
-    sel = select_lib.eif(
-        models.create("lenet_slim", 2), optax.sgd(0.1, momentum=0.5), config, chunk_size=m
-    )
-    sel_state = sel.init(key, jnp.zeros((m, 28, 28, 1)))
-
-    @jax.jit
-    def step(params, opt_state, sel_state, x, y, key):
-        choice, sel_state = sel.select(sel_state, x, key)
-        (xt, yt), (xp, yp) = select_lib.gather(choice, x, y)
-
-        def loss_fn(p):
-            logits = model.apply({"params": p}, xt)
-            losses = optax.softmax_cross_entropy_with_integer_labels(logits, yt)
-            return jnp.sum(losses * choice.train_weight) / jnp.sum(choice.train_weight), losses
-
-        (_, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        probe_logits = model.apply({"params": params}, xp)
-        probe_losses = optax.softmax_cross_entropy_with_integer_labels(probe_logits, yp)
-        sel_state, metrics = sel.observe(sel_state, x, choice, losses, probe_losses)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, sel_state, metrics
-
-    thresholds, kept, trained = [], [], 0
+    chunks, thresholds, kept, trained = 300, [], [], 0
     rng = np.random.default_rng(0)
     for i in range(chunks):
         idx = rng.choice(len(images), m, replace=False)
         x, y = jnp.asarray(images[idx]), jnp.asarray(labels[idx])
-        params, opt_state, sel_state, metrics = step(
-            params, opt_state, sel_state, x, y, jax.random.fold_in(key, i)
-        )
-        trained += sel.train_size
+        key = jax.random.fold_in(jax.random.key(1), i)
+        params, opt_state, sel_state, metrics = step(params, opt_state, sel_state, x, y, key)
+        trained += int(np.sum(np.asarray(metrics["trained"])))
         if bool(metrics["window_closed"]):
             thresholds.append(float(metrics["window/threshold"]))
             kept.append(float(metrics["window/predicted_high_fraction"]))
     assert step._cache_size() == 1
-    assert trained / (chunks * m) == pytest.approx(19 / 64)  # round(0.3 * 64) per chunk.
-    np.testing.assert_allclose(kept, 19 / 64)  # The kept fraction holds at R_set ...
-    ratio = np.asarray(thresholds) / config.init_threshold
-    assert len(ratio) == chunks // config.window
-    assert ratio.min() > 0.25 and ratio.max() < 4.0, ratio  # ... and T_l tracks.
+    assert trained == chunks * round(0.3 * m)  # round(0.3 * 64) = 19 per chunk ...
+    np.testing.assert_allclose(kept, 19 / 64)  # ... and the filter's kept fraction holds.
+    ratio = np.asarray(thresholds) / 1.0  # FilterConfig's init_threshold.
+    assert len(ratio) == chunks // 10  # One window every 10 chunks.
+    assert ratio.min() > 0.25 and ratio.max() < 4.0, ratio  # T_l tracks.

@@ -25,7 +25,7 @@ The contract:
   main network's per-instance losses on the chosen training slots (``[train_size]``,
   from the forward pass of the step that trains on them) and on the probe slots
   (``[probe_size]``, forward only); ``metrics`` is a dict of scalars with the same keys
-  every call.
+  every call, among them ``trained``, the number of instances trained on in this chunk.
 * All three are pure and jittable, need no host round trip, and do not recompile from
   one chunk to the next.
 """

@@ -172,7 +172,8 @@ def eif(
 
         fstate, window = jax.lax.cond(closes, close, keep, fstate)
         window = {f"window/{k}": v for k, v in window.items()}
-        metrics = {**metrics, **window, "window_closed": closes}
+        trained = jnp.sum(choice.train_weight > 0, dtype=jnp.int32)
+        metrics = {**metrics, **window, "window_closed": closes, "trained": trained}
         return state.replace(filter=fstate, chunk=chunk), metrics
 
     return Selector(init, select, observe, train_size, probe_size)

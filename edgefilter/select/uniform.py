@@ -55,7 +55,7 @@ def uniform(r_set: float, *, chunk_size: int) -> Selector:
         train_losses: jax.Array,
         probe_losses: jax.Array,
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        del x, choice, train_losses, probe_losses
-        return state + 1, {}
+        del x, train_losses, probe_losses
+        return state + 1, {"trained": jnp.sum(choice.train_weight > 0, dtype=jnp.int32)}
 
     return Selector(init, select, observe, train_size, 0)
