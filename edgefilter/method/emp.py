@@ -92,7 +92,7 @@ import dataclasses
 import functools
 import math
 import numbers
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -449,6 +449,14 @@ def _keep_along(mask: jax.Array, ndim: int, axis: int) -> jax.Array:
     return mask.reshape(shape)
 
 
+def _lax_vjp(
+    config: _ConvConfig, lhs: jax.Array, rhs: jax.Array, delta: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Both cotangents of the convolution, exactly as :func:`jax.vjp` of lax's gives them."""
+    _, vjp = jax.vjp(config.spec.apply, lhs, rhs)
+    return vjp(delta)
+
+
 def _kept_vjp(
     config: _ConvConfig, lhs: jax.Array, rhs: jax.Array, delta: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
@@ -459,8 +467,7 @@ def _kept_vjp(
     """
     if config.xla_cpu:
         return conv_backward.conv_vjp(config.spec, lhs, rhs, delta)
-    _, vjp = jax.vjp(config.spec.apply, lhs, rhs)
-    return vjp(delta)
+    return _lax_vjp(config, lhs, rhs, delta)
 
 
 def _gathered_vjp(
@@ -544,8 +551,7 @@ def _pruned_conv_bwd(
     topk = isinstance(policy, TopK) and policy.num_kept(n) < n
     threshold = isinstance(policy, Threshold) and policy.threshold > 0.0
     if not (topk or threshold):  # every channel is kept: bit-for-bit lax's backward
-        _, vjp = jax.vjp(config.spec.apply, lhs, rhs)
-        g_lhs, g_rhs = vjp(delta)
+        g_lhs, g_rhs = _lax_vjp(config, lhs, rhs, delta)
         return g_lhs.astype(lhs.dtype), g_rhs.astype(rhs.dtype)
     if config.xla_cpu:  # Read twice (scores, gather): computed once, into its own buffer.
         delta = own_buffer.own_buffer(delta)
@@ -715,12 +721,6 @@ class _PruningInterceptor:
         return getattr(pruned, context.method_name)(*args, **kwargs)
 
 
-@contextlib.contextmanager
-def _intercepting(interceptor: _PruningInterceptor) -> Iterator[None]:
-    with nn.intercept_methods(interceptor):
-        yield
-
-
 def pruning(
     policy: Policy, *, skip_first: bool = True, xla_cpu: bool | None = None
 ) -> contextlib.AbstractContextManager[None]:
@@ -776,4 +776,4 @@ def pruning(
     conv = conv_general_dilated(policy, xla_cpu=xla_cpu)
     if not isinstance(skip_first, bool):
         raise ValueError(f"skip_first must be True or False, got {skip_first!r}.")
-    return _intercepting(_PruningInterceptor(conv, skip_first))
+    return nn.intercept_methods(_PruningInterceptor(conv, skip_first))
