@@ -13,18 +13,19 @@ forget a part:
 * ``observe``: labels every instance whose main-network loss is now known by Eq. 1,
   takes one filter step on the weighted loss (Eq. 6-7), counts true-high instances for
   ``R_TH`` (Eq. 2), and every ``window`` chunks closes the window and adapts ``T_l``
-  (Eq. 2-3) inside a :func:`jax.lax.cond`.
+  (Eq. 2-3; a few scalar operations, computed every chunk and kept where a window
+  closes, so no branch is needed).
 
-Differences from the command line's runner (``training.eif_runner``): a chunk's
-selection is trained in the same step (no queue across chunks), probes are chosen per
-chunk (no probe queue), and the kept count is exactly ``train_size`` (ties at the
-quantile are broken by index). Only quantile control fits fixed shapes: the paper's
-argmax rule keeps a data-dependent count per chunk.
+The command line runs ``eif`` and ``eif_emp`` through this selector (``training.engine``).
+Differences from its host-queue runner (``training.eif_runner``, still used for the
+paper's argmax rule and a non-default ``--eif_batch_size``): a chunk's selection is
+trained in the same step (no queue across chunks), probes are chosen per chunk (no
+probe queue), and the kept count is exactly ``train_size`` (ties at the quantile are
+broken by index). Only quantile control fits fixed shapes: the argmax rule keeps a
+data-dependent count per chunk.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -44,12 +45,8 @@ class EifState(struct.PyTreeNode):
 
     filter: instance_filter.FilterState
     chunk: jax.Array  # Chunks observed so far.
+    unprobed: jax.Array  # Uncertain predicted-L instances left unprobed (no free slot).
     probe_random: jax.Array  # [probe_size] bool: the last choice's random probe slots.
-
-
-def _window_metric_shapes(state: instance_filter.FilterState, config: Any) -> dict[str, Any]:
-    """Shapes and dtypes of ``end_window``'s metrics (trace time only)."""
-    return jax.eval_shape(lambda s: instance_filter.end_window(s, config)[1], state)
 
 
 def eif(
@@ -104,6 +101,7 @@ def eif(
         return EifState(
             filter=fstate,
             chunk=jnp.zeros((), jnp.int32),
+            unprobed=jnp.zeros((), jnp.int32),
             probe_random=jnp.zeros((probe_size,), bool),
         )
 
@@ -141,7 +139,12 @@ def eif(
             probe_weight=jnp.concatenate([random_valid, unsure_valid]).astype(jnp.float32),
         )
         probe_random = jnp.arange(probe_size) < num_random
-        return choice, state.replace(filter=fstate, probe_random=probe_random)
+        unprobed = jnp.sum(uncertain & ~taken, dtype=jnp.int32) - jnp.sum(
+            unsure_valid, dtype=jnp.int32
+        )
+        return choice, state.replace(
+            filter=fstate, probe_random=probe_random, unprobed=state.unprobed + unprobed
+        )
 
     def observe(
         state: EifState,
@@ -162,15 +165,11 @@ def eif(
         )
         chunk = state.chunk + 1
         closes = chunk % config.window == 0
-        window_shapes = _window_metric_shapes(fstate, config)
-
-        def close(s):
-            return instance_filter.end_window(s, config)
-
-        def keep(s):
-            return s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), window_shapes)
-
-        fstate, window = jax.lax.cond(closes, close, keep, fstate)
+        # Eq. 2-3 are a few scalar operations: computed every chunk and kept where a
+        # window closes (a conditional over the filter's state costs more than they do).
+        closed, window = instance_filter.end_window(fstate, config)
+        fstate = jax.tree.map(lambda new, old: jnp.where(closes, new, old), closed, fstate)
+        window = jax.tree.map(lambda v: jnp.where(closes, v, jnp.zeros_like(v)), window)
         window = {f"window/{k}": v for k, v in window.items()}
         trained = jnp.sum(choice.train_weight > 0, dtype=jnp.int32)
         metrics = {**metrics, **window, "window_closed": closes, "trained": trained}
