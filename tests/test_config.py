@@ -138,6 +138,7 @@ FLAG_DEFAULTS = {
     "eval_batch_size": 1000,
     "checkpoint_every_steps": 1000,
     "log_every_steps": 50,
+    "block_chunks": 8,
     "xla_cpu": None,
     "emp_policy": "topk",
     "emp_keep": 0.5,

@@ -32,10 +32,10 @@ def test_a_flag_out_of_bounds_exits_2_naming_it(capsys):
 @pytest.mark.parametrize(
     "module, flag",
     [
-        ("benchmarks.eif_chunk", "--rounds=0"),
-        ("benchmarks.eif_chunk", "--method=sgd"),
-        ("benchmarks.eif_chunk", "--model=resnet9"),
-        ("benchmarks.eif_chunk", "--eif_batch_size=0"),
+        ("benchmarks.engine_block", "--rounds=0"),
+        ("benchmarks.engine_block", "--methods=sgd"),
+        ("benchmarks.engine_block", "--model=resnet9"),
+        ("benchmarks.engine_block", "--block_chunks=0"),
         ("benchmarks.methods", "--variants=sgd,ohem"),
         ("benchmarks.emp_step", "--repeats=0"),
         ("benchmarks.methods", "--repeats=0"),

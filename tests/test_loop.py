@@ -3,11 +3,9 @@
 import json
 import os
 
-import numpy as np
 import pytest
 
 from edgefilter.training import config as config_lib
-from edgefilter.training import eif_runner as eif_training
 from edgefilter.training import loop
 
 
@@ -29,13 +27,17 @@ def _small_config(**overrides):
 def test_train_and_evaluate_end_to_end(tmp_path, tiny_dataset):
     workdir = str(tmp_path / "run")
     summary = loop.train_and_evaluate(
-        _small_config(epochs=2.0, steps=None), workdir, dataset=tiny_dataset, show_progress=False
+        _small_config(epochs=2.0, steps=None, block_chunks=4),
+        workdir,
+        dataset=tiny_dataset,
+        show_progress=False,
     )
     with open(os.path.join(workdir, "summary.json")) as f:
         written = json.load(f)
     assert written["instances_streamed"] == written["instances_trained"] == 640
     assert written["steps"] == 20
-    assert written["compilations"] == {"train": 1}
+    # Blocks end at every 5th chunk (checkpoints): [1-4] [5] [6-9] [10] ..., two lengths.
+    assert written["compilations"] == {"block": 2}
     assert written["config"]["learning_rate"] == 0.01 and written["config"]["momentum"] == 0.5
     assert written["test_accuracy"] > 0.5  # The tiny task is learnable; chance is 0.1.
     assert summary["test_accuracy"] == written["test_accuracy"]
@@ -55,7 +57,7 @@ def test_partial_last_batch_is_trained_not_dropped(tmp_path, tiny_dataset):
     )
     # 0.55 * 320 = 176 instances = 5 full batches of 32 + 16 in a zero-weight-padded sixth.
     assert summary["instances_trained"] == 176 and summary["steps"] == 6
-    assert summary["compilations"] == {"train": 1}
+    assert summary["compilations"] == {"block": 1}  # Six chunks: one by one.
 
 
 @pytest.mark.parametrize("method", ["sgd", "eif_emp"])
@@ -106,19 +108,3 @@ def test_a_workdir_of_other_settings_is_not_resumed(tmp_path, tiny_dataset):
         loop.check_resumable(other, workdir)
     with pytest.raises(ValueError, match="other settings"):
         loop.train_and_evaluate(other, workdir, dataset=tiny_dataset, show_progress=False)
-
-
-@pytest.mark.parametrize("method", ["sgd", "emp", "eif", "eif_emp"])
-def test_build_runner_gives_the_methods_runner_and_a_fresh_state(tiny_dataset, method):
-    config = config_lib.resolve(_small_config(method=method, model="lenet_slim"))
-    runner, state = loop.build_runner(config, tiny_dataset, 320)
-    assert isinstance(runner, eif_training.EifRunner if config.uses_eif else loop.SgdRunner)
-    assert int(state.step) == 0
-    # One chunk through the runner: SGD and EMP train on it; EIF packs its selection.
-    state_loop = {"state": state, "trained": np.asarray(0, np.int64), **runner.initial()}
-    indices, weights = np.arange(32), np.ones(32, np.float32)
-    state_loop, records = runner.process(state_loop, indices, weights, 0)
-    steps = sum(kind == "train" for kind, _ in records)
-    assert int(state_loop["state"].step) == steps
-    assert int(state_loop["trained"]) == (config.eif_batch_size * steps if config.uses_eif else 32)
-    assert steps == 1  # SGD: the chunk; EIF: r_set of 32 = one packed batch of 10.

@@ -30,6 +30,7 @@ from typing import Any
 from edgefilter import data as data_lib
 from edgefilter.method import flops
 from edgefilter.training import config as config_lib
+from edgefilter.training import runners
 
 
 def run_compute(
@@ -66,7 +67,7 @@ def run_compute(
         filt = flops.per_instance(config.filter_model, shape, 2)
         probes = config.eif_probe_size
         breakdown["filter_inference"] = int(loop["chunk"]) * m * filt["forward"] * scale
-        filter_steps = int(loop["filter"].net.step)
+        filter_steps = int(runners.filter_state(loop).net.step)
         breakdown["filter_training"] = filter_steps * (batch + probes) * filt["train"] * scale
         breakdown["uncertainty_forward"] = main_steps * probes * dense["forward"] * scale
     total = sum(breakdown.values())

@@ -142,6 +142,11 @@ class TrainConfig:
         1000, "Checkpoint period in steps (also at every epoch end)."
     )
     log_every_steps: int = setting(50, "How often per-step metrics are flushed to metrics.jsonl.")
+    block_chunks: int = setting(
+        8,
+        "Chunks per on-device block of the stream engine: one dispatch and one host sync "
+        "per block; metrics, evaluation and checkpoints happen at block ends.",
+    )
     xla_cpu: bool | None = setting(
         None, "XLA:CPU lowerings: default on when jax.default_backend() is cpu."
     )
@@ -295,6 +300,7 @@ def _check_positive(config: TrainConfig) -> None:
         "eval_batch_size",
         "checkpoint_every_steps",
         "log_every_steps",
+        "block_chunks",
         "eif_batch_size",
     ):
         value = getattr(config, name)

@@ -1,12 +1,13 @@
 """The training loop behind the command line: stream, methods, evaluation, checkpoints.
 
 ``train_and_evaluate(config, workdir)`` is what ``python -m experiments.train``, the
-notebooks and the end-to-end tests call. The stream (:mod:`edgefilter.training.stream`) delivers
-chunks of ``batch_size`` instances; a *runner* decides what each chunk costs:
-
-* ``sgd`` / ``emp``: every chunk is one training batch (EMP prunes its backward);
-* ``eif`` / ``eif_emp``: the instance filter packs its selection into full batches
-  (:mod:`edgefilter.training.eif_runner`).
+notebooks and the end-to-end tests call. The stream (:mod:`edgefilter.training.stream`)
+delivers chunks of ``batch_size`` instances, in blocks of up to ``block_chunks``; a
+*runner* (:mod:`edgefilter.training.runners`) trains a block: every method whose
+selection fits the selection interface runs on the device, one dispatch per block
+(:mod:`edgefilter.training.engine`); the paper's argmax rule and a non-default
+``--eif_batch_size`` pack the filter's selection through host-side queues
+(:mod:`edgefilter.training.eif_runner`).
 
 A run is determined by its config: the stream order comes from ``(seed, epoch)`` and
 the per-step randomness from ``fold_in(seed, step)``, and the whole loop state is one
@@ -23,58 +24,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 
 from edgefilter import data as data_lib
-from edgefilter.training import accounting
+from edgefilter.training import accounting, runners
 from edgefilter.training import checkpoint as checkpoint_lib
 from edgefilter.training import config as config_lib
-from edgefilter.training import eif_runner as eif_training
 from edgefilter.training import metrics as metrics_lib
 from edgefilter.training import steps as train_lib
 from edgefilter.training import stream as stream_lib
-
-
-class SgdRunner:
-    """Every chunk is one training batch (standard SGD; EMP when the model prunes)."""
-
-    def __init__(
-        self,
-        info: data_lib.DatasetInfo,
-        dataset: data_lib.Dataset,
-        root: jax.Array,
-        xla_cpu: bool | None = None,
-    ):
-        self.dataset = dataset
-        self.root = root
-        self.step = train_lib.make_train_step(info, xla_cpu=xla_cpu)
-
-    def initial(self) -> dict[str, Any]:
-        return {}
-
-    def process(
-        self, loop: dict[str, Any], indices: np.ndarray, weights: np.ndarray, chunk: int
-    ) -> tuple[dict[str, Any], list[tuple[str, dict]]]:
-        del chunk
-        state = loop["state"]
-        state, metrics, _ = self.step(
-            state,
-            self.dataset.train_images[indices],
-            self.dataset.train_labels[indices],
-            weights,
-            self.root,
-        )
-        trained = np.asarray(loop["trained"] + int(weights.sum()), np.int64)
-        return dict(loop, state=state, trained=trained), [("train", metrics)]
-
-    def finish(self, loop: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, dict]]]:
-        return loop, []
-
-    def compilations(self) -> dict[str, int]:
-        return {"train": self.step._cache_size()}
 
 
 def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
@@ -94,6 +54,7 @@ _RESUMABLE_CHANGES = frozenset(
         "eval_batch_size",
         "data_dir",
         "xla_cpu",  # The same values either way; checkpoints load in both modes.
+        "block_chunks",  # Where blocks end changes no value (training.engine).
     }
 )
 
@@ -129,44 +90,7 @@ def _stream_length(config: config_lib.TrainConfig, num_train: int) -> int:
     return int(round(config.epochs * num_train))
 
 
-def build_runner(
-    config: config_lib.TrainConfig, dataset: data_lib.Dataset, length: int
-) -> tuple[SgdRunner | eif_training.EifRunner, train_lib.TrainState]:
-    """The runner for ``config.method`` and the main network's fresh train state.
-
-    ``config`` must be resolved; ``length`` is the number of streamed instances, which
-    sets the learning-rate schedule's step count.
-    """
-    info = dataset.info
-    policy = train_lib.emp_policy(config)
-    model = train_lib.build_model(
-        config.model,
-        info.num_classes,
-        config.bits,
-        policy,
-        config.emp.first_layer,
-        xla_cpu=config.xla_cpu,
-    )
-    # The schedule counts the main network's updates: with the filter, about r_set of
-    # the stream, in steps of eif_batch_size (by default about one step per chunk).
-    if config.uses_eif:
-        main_steps = -(-int(length * config.filter.r_set) // config.eif_batch_size)
-    else:
-        main_steps = -(-length // config.batch_size)
-    tx = train_lib.make_optimizer(config, main_steps)
-    root, init_key = jax.random.split(jax.random.key(config.seed))
-    state = train_lib.create_train_state(model, tx, init_key, info.image_shape)
-    if config.uses_eif:
-        filter_model = train_lib.build_model(
-            config.filter_model, 2, config.bits, xla_cpu=config.xla_cpu
-        )
-        return eif_training.EifRunner(config, info, filter_model, dataset, root), state
-    return SgdRunner(info, dataset, root, config.xla_cpu), state
-
-
-def initial_loop(
-    state: train_lib.TrainState, runner: SgdRunner | eif_training.EifRunner
-) -> dict[str, Any]:
+def initial_loop(state: train_lib.TrainState, runner: runners.Runner) -> dict[str, Any]:
     """A fresh loop state: the whole checkpointed pytree of a run at its start."""
     return {
         "state": state,
@@ -209,7 +133,7 @@ def train_and_evaluate(
         dataset = data_lib.load(config.dataset, config.data_dir)
     num_train = len(dataset.train_images)
     length = _stream_length(config, num_train)
-    runner, state = build_runner(config, dataset, length)
+    runner, state = runners.build_runner(config, dataset, length)
     loop, checkpointer = _open_workdir(config, workdir, initial_loop(state, runner))
     session = _Session(
         config=config,
@@ -228,7 +152,7 @@ def train_and_evaluate(
     _write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     summary["state"] = loop["state"]
     if config.uses_eif:
-        summary["filter"] = loop["filter"]
+        summary["filter"] = runners.filter_state(loop)
     return summary
 
 
@@ -281,7 +205,7 @@ class _Session:
 
     config: config_lib.TrainConfig
     dataset: data_lib.Dataset
-    runner: SgdRunner | eif_training.EifRunner
+    runner: runners.Runner
     stream: stream_lib.Stream
     metrics_log: metrics_lib.MetricsLog
     checkpointer: checkpoint_lib.Checkpointer
@@ -299,11 +223,12 @@ class _Session:
 
 
 def _train_stream(session: _Session, loop: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """Streams the run's remaining chunks: train, log, evaluate at epoch ends, checkpoint.
+    """Streams the run's remaining chunks, block by block: train, log, evaluate, checkpoint.
 
-    Metrics are flushed every ``log_every_steps`` chunks and before every checkpoint
-    (every ``checkpoint_every_steps`` chunks, at every epoch end and at the end), so a
-    resumed run neither loses nor repeats a record.
+    A block ends early after a chunk that ends an epoch (evaluation), is due a
+    checkpoint (every ``checkpoint_every_steps`` chunks) or ends the run. Metrics are
+    flushed after a block that passed a multiple of ``log_every_steps`` chunks and
+    before every checkpoint, so a resumed run neither loses nor repeats a record.
     """
     config, length = session.config, session.stream.length
     task = progress.add_task(
@@ -315,17 +240,17 @@ def _train_stream(session: _Session, loop: dict[str, Any], progress: Progress) -
     )
     last: dict[str, float] = {}
     while int(loop["position"]) < length:
-        loop, records, count = _stream_chunk(session, loop)
+        before = int(loop["chunk"])
+        loop, records, boundary = _stream_block(session, loop)
         position, chunk = int(loop["position"]), int(loop["chunk"])
-        for kind, metrics in records:
+        for number, kind, metrics in records:
             prefix = "eif/" if kind == "window" else ""
-            session.metrics_log.add(chunk, {f"{prefix}{k}": v for k, v in metrics.items()})
+            session.metrics_log.add(number + 1, {f"{prefix}{k}": v for k, v in metrics.items()})
         finished = position >= length
-        epoch_done = position // session.num_train > (position - count) // session.num_train
-        checkpoint_due = chunk % config.checkpoint_every_steps == 0 or epoch_done or finished
-        if chunk % config.log_every_steps == 0 or checkpoint_due:
+        checkpoint_due = boundary in ("epoch", "checkpoint") or finished
+        if chunk // config.log_every_steps > before // config.log_every_steps or checkpoint_due:
             last = session.metrics_log.flush() or last
-        if epoch_done or finished:
+        if boundary == "epoch" or finished:
             _evaluate_epoch(session, loop, progress.console)
         elapsed = session.clock.elapsed()
         loss = last.get("loss", float("nan"))
@@ -336,25 +261,36 @@ def _train_stream(session: _Session, loop: dict[str, Any], progress: Progress) -
     return loop
 
 
-def _stream_chunk(
+def _stream_block(
     session: _Session, loop: dict[str, Any]
-) -> tuple[dict[str, Any], list[tuple[str, dict]], int]:
-    """The next chunk through the runner (finished after the run's last chunk).
+) -> tuple[dict[str, Any], list[runners.Record], str]:
+    """The next block of chunks through the runner (finished after the run's last chunk).
 
-    Returns the loop state past the chunk, the runner's metric records, and the number
-    of real instances in the chunk (fewer than ``batch_size`` only in the last one).
+    Returns the loop state past the block, the runner's metric records, and why the
+    block ended: ``"epoch"`` (its last chunk ends an epoch), ``"checkpoint"``,
+    ``"end"`` (of the run) or ``"full"``.
     """
-    length, m = session.stream.length, session.config.batch_size
+    config, stream, n = session.config, session.stream, session.num_train
+    length, m = stream.length, config.batch_size
     position, chunk = int(loop["position"]), int(loop["chunk"])
-    count = min(m, length - position)
-    indices, weights = stream_lib.stream_batch(session.stream.indices(position, count), m)
-    loop, records = session.runner.process(loop, indices, weights, chunk)
-    position, chunk = position + count, chunk + 1
+    chunks, boundary = [], "full"
+    while len(chunks) < config.block_chunks and boundary == "full":
+        count = min(m, length - position)
+        indices, weights = stream_lib.stream_batch(stream.indices(position, count), m)
+        chunks.append((indices, weights, chunk))
+        position, chunk = position + count, chunk + 1
+        if position >= length:
+            boundary = "end"
+        elif position // n > (position - count) // n:
+            boundary = "epoch"
+        elif chunk % config.checkpoint_every_steps == 0:
+            boundary = "checkpoint"
+    loop, records = session.runner.run_block(loop, chunks)
     if position >= length:
-        loop, more = session.runner.finish(loop)
+        loop, more = session.runner.finish(loop, chunk - 1)
         records += more
     loop.update(position=np.asarray(position, np.int64), chunk=np.asarray(chunk, np.int64))
-    return loop, records, count
+    return loop, records, boundary
 
 
 def _evaluate_epoch(session: _Session, loop: dict[str, Any], console: Console) -> None:
@@ -412,10 +348,11 @@ def _summary(session: _Session, loop: dict[str, Any]) -> dict[str, Any]:
         "history": history,
     }
     if config.uses_eif:
+        fstate = runners.filter_state(loop)
         summary["eif"] = {
-            "final_threshold": float(loop["filter"].threshold),
-            "final_offset": float(loop["filter"].offset),
-            "skipped_probes": int(loop["skipped_probes"]),
-            "filter_steps": int(loop["filter"].net.step),
+            "final_threshold": float(fstate.threshold),
+            "final_offset": float(fstate.offset),
+            "skipped_probes": runners.skipped_probes(loop),
+            "filter_steps": int(fstate.net.step),
         }
     return summary

@@ -1,0 +1,135 @@
+"""The stream engine: blocks of chunks trained on the device, one dispatch per block.
+
+Any :class:`~edgefilter.select.Selector` (the instance filter, uniform random, every
+instance for SGD and EMP) runs through the same per-chunk step, one iteration of a
+:func:`jax.lax.scan` over a block of chunks:
+
+1. the chunk is normalised and ``selector.select`` chooses its training and probe slots
+   (fixed shapes: ``train_size`` and ``probe_size``);
+2. the main network, before this chunk's update, runs forward on the probe slots (their
+   losses label them, PAPER.md Eq. 1);
+3. the main network trains on the training slots, weighted by ``choice.train_weight``
+   (forward and backward, with EMP when its convolutions prune: Eq. 8-14), one step;
+4. ``selector.observe`` receives both sets of per-instance losses (for EIF: labels by
+   Eq. 1, the filter's update by Eq. 6-7, and ``R_TH``/``T_l`` every ``n`` chunks by
+   Eq. 2-3, all inside the scan).
+
+The host gathers a block's chunks of the stream (uint8 images and labels, one array
+each), dispatches the block once and fetches its per-chunk metrics once: one dispatch
+and one host sync per block, none per chunk. A block that must end early (at an
+epoch's end, for evaluation; at a checkpoint; at the run's end) runs as blocks of one
+chunk with one host sync at its end, so the block function compiles for two lengths
+per run, ``block_chunks`` and 1, whatever the stream.
+
+A chunk's randomness comes from the run's key and the chunk's number (selection) and
+the main network's step number (augmentation, dropout), so a run's result does not
+depend on where its blocks begin and end: a run resumed from a checkpoint ends with the
+same parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from edgefilter import backends
+from edgefilter import data as data_lib
+from edgefilter.models.state import TrainState
+from edgefilter.select.base import Selector, gather
+from edgefilter.training import steps as steps_lib
+
+__all__ = ["EngineState", "chunk_key", "make_block_step", "make_chunk_step", "probe_losses"]
+
+# Folded into the run's key for the selectors' randomness (distinct from the main step's).
+_SELECT_STREAM = 0x5E1EC7
+
+
+def chunk_key(root: jax.Array, chunk: jax.Array) -> jax.Array:
+    """The key ``select`` gets for chunk number ``chunk`` of a run whose key is ``root``."""
+    return jax.random.fold_in(jax.random.fold_in(root, _SELECT_STREAM), chunk)
+
+
+class EngineState(struct.PyTreeNode):
+    """What the scan carries from chunk to chunk: the main network and the selector."""
+
+    main: TrainState
+    selector: Any
+
+
+def probe_losses(main: TrainState, x: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-instance cross-entropy of the main network (inference mode) on ``x``."""
+    variables = {"params": main.params, "batch_stats": main.batch_stats}
+    logits = main.apply_fn(variables, x, train=False)
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def make_chunk_step(selector: Selector, info: data_lib.DatasetInfo) -> Callable:
+    """``chunk_step(state, images, labels, valid, chunk, root) -> (state, metrics)``.
+
+    Steps 1-4 of the module doc for one chunk of ``m`` uint8 ``images`` (``[m, H, W,
+    C]``), their ``labels`` and ``valid`` mask (False on the padding of a run's short
+    last chunk). ``chunk`` is the chunk's number in the stream and ``root`` the run's
+    key. Not jitted: :func:`make_block_step` scans it, a user's loop may jit it.
+    """
+
+    def chunk_step(
+        state: EngineState,
+        images: jax.Array,
+        labels: jax.Array,
+        valid: jax.Array,
+        chunk: jax.Array,
+        root: jax.Array,
+    ) -> tuple[EngineState, dict[str, jax.Array]]:
+        x = steps_lib.preprocess(images, info, None)
+        choice, sel_state = selector.select(state.selector, x, chunk_key(root, chunk), valid)
+        (train_images, train_labels), (probe_images, probe_labels) = gather(choice, images, labels)
+        probed = jnp.zeros((0,), jnp.float32)
+        if selector.probe_size:
+            probe_x = steps_lib.preprocess(probe_images, info, None)
+            probed = probe_losses(state.main, probe_x, probe_labels)
+        main, metrics, train_losses = steps_lib.train_step_body(
+            state.main, train_images, train_labels, choice.train_weight, root, info
+        )
+        sel_state, sel_metrics = selector.observe(sel_state, x, choice, train_losses, probed)
+        return EngineState(main=main, selector=sel_state), {**metrics, **sel_metrics}
+
+    return chunk_step
+
+
+def make_block_step(
+    selector: Selector,
+    info: data_lib.DatasetInfo,
+    *,
+    xla_cpu: bool | None = None,
+) -> Callable:
+    """The jitted ``block_step(state, images, labels, valid, chunks, root)``.
+
+    Scans :func:`make_chunk_step` over a block of ``B`` chunks: ``images`` ``[B, m, H,
+    W, C]`` uint8, ``labels`` ``[B, m]``, ``valid`` ``[B, m]``, ``chunks`` ``[B]`` the
+    chunks' stream numbers. Returns the state after the block and each chunk's metrics
+    stacked along ``[B]``. The state's buffers are donated; each block length ``B``
+    compiles once.
+
+    With the backend switch on, the scan is unrolled: XLA:CPU runs the body of a loop
+    (or of a conditional) several times slower than the same operations in straight-line
+    code (benchmarks/README.md, "Stream engine").
+    """
+    chunk_step = make_chunk_step(selector, info)
+    unroll_all = backends.use_xla_cpu(xla_cpu)
+
+    @functools.partial(backends.jit, xla_cpu=xla_cpu, donate_argnums=0)
+    def block_step(state, images, labels, valid, chunks, root):
+        def body(carry, slot):
+            images, labels, valid, chunk = slot
+            return chunk_step(carry, images, labels, valid, chunk, root)
+
+        unroll = len(chunks) if unroll_all else 1
+        return jax.lax.scan(body, state, (images, labels, valid, chunks), unroll=unroll)
+
+    return block_step

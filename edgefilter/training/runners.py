@@ -1,0 +1,206 @@
+"""What the training loop does with a block of chunks, per method.
+
+* :class:`EngineRunner`: every method whose selection fits the selection interface
+  (:mod:`edgefilter.select`) with one main step per chunk: ``sgd`` and ``emp`` (every
+  instance), ``eif`` and ``eif_emp`` under quantile control with the default main batch
+  (``round(r_set * m)`` instances per chunk). A block of chunks is one dispatch of the
+  stream engine (:mod:`edgefilter.training.engine`) and one host sync.
+* :class:`~edgefilter.training.eif_runner.EifRunner`: the filter's selection packed
+  through host-side queues, chunk by chunk, for what the interface's fixed shapes do not
+  cover yet: the paper's argmax rule (a data-dependent count per chunk) and a main batch
+  other than ``round(r_set * m)`` (``--eif_batch_size``).
+
+A runner's state is part of the loop state (``initial``), so it is checkpointed with the
+rest; ``run_block`` takes a list of ``(indices, weights, chunk)`` (training-set indices
+of a chunk, 1/0 weights marking the padding of a short last chunk, the chunk's number)
+and returns the loop state and ``(chunk, kind, metrics)`` records; ``finish`` ends the
+run after its last chunk.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from edgefilter import data as data_lib
+from edgefilter import select
+from edgefilter.training import config as config_lib
+from edgefilter.training import eif_runner
+from edgefilter.training import engine as engine_lib
+from edgefilter.training import steps as steps_lib
+
+Record = tuple[int, str, dict[str, Any]]
+
+
+def engine_selector(config: config_lib.TrainConfig, filter_model: Any) -> select.Selector | None:
+    """The run's selector, or None when the method needs the host-queue runner.
+
+    ``config`` must be resolved; ``filter_model`` is used by the EIF methods only.
+    """
+    m = config.batch_size
+    if not config.uses_eif:
+        return select.everything(chunk_size=m)
+    one_step_per_chunk = config.eif_batch_size == max(1, round(config.filter.r_set * m))
+    if config.filter.control != "quantile" or not one_step_per_chunk:
+        return None
+    return select.eif(
+        filter_model,
+        eif_runner.filter_optimizer(config),
+        config.filter,
+        chunk_size=m,
+        probe_size=config.eif_probe_size,
+        random_probes=config.eif_random_probes,
+    )
+
+
+class EngineRunner:
+    """A block of chunks is one dispatch of the stream engine and one host sync."""
+
+    def __init__(
+        self,
+        config: config_lib.TrainConfig,
+        info: data_lib.DatasetInfo,
+        selector: select.Selector,
+        dataset: data_lib.Dataset,
+        root: jax.Array,
+    ):
+        self.config, self.info, self.selector = config, info, selector
+        self.dataset, self.root = dataset, root
+        self.block_step = engine_lib.make_block_step(selector, info, xla_cpu=config.xla_cpu)
+
+    def initial(self) -> dict[str, Any]:
+        """The runner's part of a fresh loop state: the selector's state."""
+        example = np.zeros((self.config.batch_size, *self.info.image_shape), np.float32)
+        key = jax.random.fold_in(self.root, 2**31 - 1)
+        return {"selector": self.selector.init(key, example)}
+
+    def run_block(
+        self, loop: dict[str, Any], chunks: list[tuple[np.ndarray, np.ndarray, int]]
+    ) -> tuple[dict[str, Any], list[Record]]:
+        """The chunks through the stream engine: one dispatch for a full block, else one
+        per chunk; one host sync either way."""
+        m, shape = self.config.batch_size, self.info.image_shape
+        full = len(chunks) == self.config.block_chunks
+        groups = [chunks] if full else [[c] for c in chunks]
+        state = engine_lib.EngineState(main=loop["state"], selector=loop["selector"])
+        outputs = []
+        for group in groups:
+            indices = np.stack([idx for idx, _, _ in group]).reshape(-1)
+            valid = np.stack([w > 0 for _, w, _ in group])
+            numbers = np.asarray([c for _, _, c in group], np.int32)
+            images = self.dataset.train_images[indices].reshape(len(group), m, *shape)
+            labels = self.dataset.train_labels[indices].reshape(len(group), m)
+            state, metrics = self.block_step(state, images, labels, valid, numbers, self.root)
+            outputs.append(metrics)
+        fetched = jax.device_get(outputs)  # The block's one host sync.
+        metrics = {k: np.concatenate([o[k] for o in fetched]) for k in fetched[0]}
+        loop = dict(
+            loop,
+            state=state.main,
+            selector=state.selector,
+            trained=np.asarray(loop["trained"] + int(np.sum(metrics["trained"])), np.int64),
+        )
+        return loop, _records(metrics, [c for _, _, c in chunks])
+
+    def finish(self, loop: dict[str, Any], chunk: int) -> tuple[dict[str, Any], list[Record]]:
+        del chunk
+        return loop, []  # Nothing is queued across chunks.
+
+    def compilations(self) -> dict[str, int]:
+        return {"block": self.block_step._cache_size()}  # Lengths block_chunks and 1.
+
+
+def _records(metrics: dict[str, np.ndarray], chunks: list[int]) -> list[Record]:
+    """Per chunk, a "train" record, and a "window" record where a filter window closed."""
+    window_keys = [k for k in metrics if k.startswith("window/")]
+    train_keys = [k for k in metrics if k not in window_keys and k != "window_closed"]
+    records: list[Record] = []
+    for i, chunk in enumerate(chunks):
+        records.append((chunk, "train", {k: metrics[k][i] for k in train_keys}))
+        if "window_closed" in metrics and metrics["window_closed"][i]:
+            window = {k.removeprefix("window/"): metrics[k][i] for k in window_keys}
+            records.append((chunk, "window", window))
+    return records
+
+
+class HostQueueRunner:
+    """:class:`~edgefilter.training.eif_runner.EifRunner`, a block as one chunk at a time."""
+
+    def __init__(self, runner: eif_runner.EifRunner):
+        self.runner = runner
+
+    def initial(self) -> dict[str, Any]:
+        return self.runner.initial()
+
+    def run_block(
+        self, loop: dict[str, Any], chunks: list[tuple[np.ndarray, np.ndarray, int]]
+    ) -> tuple[dict[str, Any], list[Record]]:
+        records: list[Record] = []
+        for indices, weights, chunk in chunks:
+            loop, more = self.runner.process(loop, indices, weights, chunk)
+            records += [(chunk, kind, metrics) for kind, metrics in more]
+        return loop, records
+
+    def finish(self, loop: dict[str, Any], chunk: int) -> tuple[dict[str, Any], list[Record]]:
+        """Trains what the queue still holds after the run's last chunk, ``chunk``."""
+        loop, more = self.runner.finish(loop)
+        return loop, [(chunk, kind, metrics) for kind, metrics in more]
+
+    def compilations(self) -> dict[str, int]:
+        return self.runner.compilations()
+
+
+Runner = EngineRunner | HostQueueRunner
+
+
+def build_runner(
+    config: config_lib.TrainConfig, dataset: data_lib.Dataset, length: int
+) -> tuple[Runner, steps_lib.TrainState]:
+    """The runner for ``config.method`` and the main network's fresh train state.
+
+    ``config`` must be resolved; ``length`` is the number of streamed instances, which
+    sets the learning-rate schedule's step count (the main network's updates).
+    """
+    info = dataset.info
+    model = steps_lib.build_model(
+        config.model,
+        info.num_classes,
+        config.bits,
+        steps_lib.emp_policy(config),
+        config.emp.first_layer,
+        xla_cpu=config.xla_cpu,
+    )
+    filter_model = None
+    if config.uses_eif:
+        filter_model = steps_lib.build_model(
+            config.filter_model, 2, config.bits, xla_cpu=config.xla_cpu
+        )
+    selector = engine_selector(config, filter_model)
+    chunks = -(-length // config.batch_size)
+    if selector is not None:
+        main_steps = chunks  # One main step per chunk.
+    else:  # Packed: about r_set of the stream, in steps of eif_batch_size.
+        main_steps = -(-int(length * config.filter.r_set) // config.eif_batch_size)
+    tx = steps_lib.make_optimizer(config, main_steps)
+    root, init_key = jax.random.split(jax.random.key(config.seed))
+    state = steps_lib.create_train_state(model, tx, init_key, info.image_shape)
+    if selector is not None:
+        return EngineRunner(config, info, selector, dataset, root), state
+    host = eif_runner.EifRunner(config, info, filter_model, dataset, root)
+    return HostQueueRunner(host), state
+
+
+def filter_state(loop: dict[str, Any]) -> Any:
+    """The instance filter's state in a loop state (either runner's), or None."""
+    if "selector" in loop:
+        return getattr(loop["selector"], "filter", None)
+    return loop.get("filter")
+
+
+def skipped_probes(loop: dict[str, Any]) -> int:
+    """Uncertainty-sampled instances that found no probe slot, over the run so far."""
+    if "selector" in loop:
+        return int(getattr(loop["selector"], "unprobed", 0))
+    return int(loop["skipped_probes"])
