@@ -16,7 +16,9 @@ consecutive blocks of the same stream:
 
 ``host_queue``: the same filtered method through the host-queue runner (one chunk at a
 time, the filter's decisions read back every chunk; the path of the paper's argmax rule
-and a non-default ``--eif_batch_size``), for comparison.
+and a non-default ``--eif_batch_size``), for comparison. ``sgd/rolled``: SGD's block
+with the scan not unrolled (``make_block_step(..., unroll=False)``), what the engine
+would cost on XLA:CPU without its unrolling.
 
   .venv/bin/python -m benchmarks.engine_block --output=benchmarks/results/engine_block.json
 """
@@ -50,16 +52,27 @@ flags.DEFINE_integer(
 flags.DEFINE_integer("blocks", 8, "Blocks per round and variant.", lower_bound=1)
 flags.DEFINE_integer("rounds", 5, "Rounds; every number is the median over them.", lower_bound=1)
 flags.DEFINE_bool("host_queue", True, "Also time the filtered methods' host-queue runner.")
+flags.DEFINE_bool("rolled", True, "Also time SGD's block with its scan not unrolled.")
 flags.DEFINE_string("output", "", "Write the results as JSON here.")
 
 
 class _Variant:
     """A runner with its loop state, fed consecutive blocks of the run's stream."""
 
-    def __init__(self, config: config_lib.TrainConfig, dataset: data_lib.Dataset, host: bool):
+    def __init__(
+        self,
+        config: config_lib.TrainConfig,
+        dataset: data_lib.Dataset,
+        host: bool = False,
+        rolled: bool = False,
+    ):
         n = len(dataset.train_images)
         self.config, self.dataset = config, dataset
         self.runner, state = runners.build_runner(config, dataset, n)
+        if rolled:  # The same selector, its scan not unrolled.
+            self.runner.block_step = engine_lib.make_block_step(
+                self.runner.selector, dataset.info, xla_cpu=config.xla_cpu, unroll=False
+            )
         if host:  # The filtered method through the host-queue runner instead.
             filter_model = runners.steps_lib.build_model(
                 config.filter_model, 2, config.bits, xla_cpu=config.xla_cpu
@@ -150,11 +163,13 @@ def main(argv: list[str]) -> None:
         dataset = data_lib.load(FLAGS.dataset)
     except (ValueError, data_lib.DataUnavailableError) as e:
         cli.fail(str(e))
-    variants = {name: _Variant(c, dataset, False) for name, c in configs.items()}
+    variants = {name: _Variant(c, dataset) for name, c in configs.items()}
+    if FLAGS.rolled:
+        variants["sgd/rolled"] = _Variant(configs["sgd"], dataset, rolled=True)
     if FLAGS.host_queue:
         for name in FLAGS.methods:
             if name != "emp":
-                variants[f"{name}/host_queue"] = _Variant(configs[name], dataset, True)
+                variants[f"{name}/host_queue"] = _Variant(configs[name], dataset, host=True)
     times: dict[str, list[float]] = {}
     for name, v in variants.items():  # Warm-up: compile both block lengths.
         v.time_run(1)
@@ -178,11 +193,8 @@ def main(argv: list[str]) -> None:
             continue
         counted = 1 - v.counted() / sgd_macs
         measured = 1 - ms[f"{name}/run"] / ms["sgd/run"]
-        result[name] = {
-            "counted": counted,
-            "measured": measured,
-            "measured_over_counted": measured / counted,
-        }
+        ratio = measured / counted if counted else None  # sgd/rolled counts as SGD.
+        result[name] = {"counted": counted, "measured": measured, "measured_over_counted": ratio}
     for name in variants:
         if f"{name}/device" in ms:
             result[f"{name}/host_share"] = 1 - ms[f"{name}/device"] / ms[f"{name}/run"]

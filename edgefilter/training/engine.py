@@ -25,6 +25,12 @@ A chunk's randomness comes from the run's key and the chunk's number (selection)
 the main network's step number (augmentation, dropout), so a run's result does not
 depend on where its blocks begin and end: a run resumed from a checkpoint ends with the
 same parameters as an uninterrupted one.
+
+Not here: the paper's argmax rule keeps a data-dependent number of instances per chunk;
+packed into fixed batches that is a data-dependent number of main steps per chunk, a
+loop or a conditional inside the scan, whose body XLA:CPU runs several times slower
+than straight-line code (benchmarks/README.md, "Stream engine"). It keeps the host-queue
+runner (:mod:`edgefilter.training.eif_runner`), as does a non-default ``--eif_batch_size``.
 """
 
 from __future__ import annotations
@@ -107,6 +113,7 @@ def make_block_step(
     info: data_lib.DatasetInfo,
     *,
     xla_cpu: bool | None = None,
+    unroll: bool | None = None,
 ) -> Callable:
     """The jitted ``block_step(state, images, labels, valid, chunks, root)``.
 
@@ -116,12 +123,12 @@ def make_block_step(
     stacked along ``[B]``. The state's buffers are donated; each block length ``B``
     compiles once.
 
-    With the backend switch on, the scan is unrolled: XLA:CPU runs the body of a loop
-    (or of a conditional) several times slower than the same operations in straight-line
-    code (benchmarks/README.md, "Stream engine").
+    ``unroll`` (default: the backend switch's state) unrolls the scan: XLA:CPU runs the
+    body of a loop (or of a conditional) several times slower than the same operations
+    in straight-line code (benchmarks/README.md, "Stream engine").
     """
     chunk_step = make_chunk_step(selector, info)
-    unroll_all = backends.use_xla_cpu(xla_cpu)
+    unroll_all = backends.use_xla_cpu(xla_cpu) if unroll is None else unroll
 
     @functools.partial(backends.jit, xla_cpu=xla_cpu, donate_argnums=0)
     def block_step(state, images, labels, valid, chunks, root):
