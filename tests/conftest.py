@@ -1,8 +1,10 @@
-"""Shared fixtures: a tiny learnable dataset, in memory and as a folder of IDX files."""
+"""Shared fixtures and helpers: a tiny learnable dataset, in memory and as a folder of IDX
+files, and model variables drawn with NumPy."""
 
 import gzip
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -46,3 +48,29 @@ def idx_folder(tmp_path_factory, tiny_dataset) -> str:
         write_idx(os.path.join(folder, f"{split}-images-idx3-ubyte.gz"), images[..., 0])
         write_idx(os.path.join(folder, f"{split}-labels-idx1-ubyte.gz"), labels)
     return folder
+
+
+def numpy_variables(model, *args, seed: int = 0, dtype=None, **kwargs) -> dict:
+    """Variables of ``model.init(key, *args, **kwargs)``'s structure, drawn with NumPy.
+
+    The structure (and, unless ``dtype`` is given, the dtypes) comes from
+    ``jax.eval_shape``, which compiles nothing; the values from NumPy: kernels
+    N(0, 1 / fan_in), batch-norm scales and running variances 1 + |N(0, 0.1^2)|, biases
+    and running means N(0, 0.1^2). ``model.init`` compiles threefry for every parameter
+    shape, a second or more each on XLA:CPU.
+    """
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))
+
+    def draw(path, leaf):
+        noise = rng.standard_normal(leaf.shape)
+        name = path[-1].key
+        if name == "kernel":
+            value = noise / np.sqrt(np.prod(leaf.shape[:-1]))
+        elif name in ("scale", "var"):
+            value = 1.0 + 0.1 * np.abs(noise)
+        else:
+            value = 0.1 * noise
+        return np.asarray(value, leaf.dtype if dtype is None else dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)

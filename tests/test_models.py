@@ -10,6 +10,7 @@ import pytest
 
 from edgefilter import models
 from edgefilter.method import emp, flops
+from tests.conftest import numpy_variables
 
 
 def _shapes(name, image_shape, num_classes=10, **options):
@@ -273,11 +274,9 @@ def _check_switch_equivalence_and_forward_mode(name, shape):
         x = rng.standard_normal((4, *shape))
         cotangent = rng.standard_normal((4, 7))
         off, on = (models.create(name, 7, xla_cpu=s, dtype=jnp.float64) for s in (False, True))
-        variables = jax.jit(lambda x: off.init(jax.random.key(0), x, train=False))(x[:1])
-        variables = jax.tree.map(lambda a: np.asarray(a, np.float64), variables)
-        variables = jax.tree.map(lambda a: a + 0.1 * rng.standard_normal(a.shape), variables)
-        if "batch_stats" in variables:  # Positive running variances for the eval pass.
-            variables["batch_stats"] = jax.tree.map(np.abs, variables["batch_stats"])
+        # Not the initial values (a BatchNorm's are the identity): NumPy's, in float64,
+        # with positive running variances for the eval pass.
+        variables = numpy_variables(off, x[:1], train=False, dtype=np.float64)
         tangents = jax.tree.map(lambda a: rng.standard_normal(a.shape), (variables["params"], x))
         run = jax.jit(_value_and_grads, static_argnums=0)
         got_off, got_on = (jax.device_get(run(m, variables, x, cotangent)) for m in (off, on))
