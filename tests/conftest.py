@@ -1,12 +1,16 @@
-"""Shared fixtures: a tiny learnable dataset, in memory and as a folder of IDX files."""
+"""Shared fixtures and helpers: a tiny learnable dataset, in memory and as a folder of IDX
+files; model variables drawn with NumPy; a jit that compiles quickly for value checks."""
 
+import functools
 import gzip
 import os
 
+import jax
 import numpy as np
 import pytest
 
 from edgefilter import data as data_lib
+from edgefilter.backends.xla_cpu import compile as compile_lib
 
 
 def learnable_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,3 +50,50 @@ def idx_folder(tmp_path_factory, tiny_dataset) -> str:
         write_idx(os.path.join(folder, f"{split}-images-idx3-ubyte.gz"), images[..., 0])
         write_idx(os.path.join(folder, f"{split}-labels-idx1-ubyte.gz"), labels)
     return folder
+
+
+def numpy_variables(model, *args, seed: int = 0, dtype=None, **kwargs) -> dict:
+    """Variables of ``model.init(key, *args, **kwargs)``'s structure, drawn with NumPy.
+
+    The structure (and, unless ``dtype`` is given, the dtypes) comes from
+    ``jax.eval_shape``, which compiles nothing; the values from NumPy: kernels
+    N(0, 1 / fan_in), batch-norm scales and running variances 1 + |N(0, 0.1^2)|, biases
+    and running means N(0, 0.1^2). ``model.init`` compiles threefry for every parameter
+    shape, a second or more each on XLA:CPU.
+    """
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))
+
+    def draw(path, leaf):
+        noise = rng.standard_normal(leaf.shape)
+        name = path[-1].key
+        if name == "kernel":
+            value = noise / np.sqrt(np.prod(leaf.shape[:-1]))
+        elif name in ("scale", "var"):
+            value = 1.0 + 0.1 * np.abs(noise)
+        else:
+            value = 0.1 * noise
+        return np.asarray(value, leaf.dtype if dtype is None else dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+@functools.cache
+def _quick_compile_options() -> dict:
+    if jax.default_backend() != "cpu":
+        return {}
+    wanted = {"xla_backend_optimization_level": 0, compile_lib.FUSION_EMITTERS_OPTION: False}
+    return {name: value for name, value in wanted.items() if compile_lib.cpu_accepts(name, value)}
+
+
+def quick_jit(fun=None, **kwargs):
+    """``jax.jit`` for a computation whose values (not its compiled code) a test checks.
+
+    On XLA:CPU it compiles with LLVM at -O0 and without XLA's MLIR fusion emitters (as
+    edgefilter's own filter inference compiles): several times faster, for the same
+    arithmetic (neither option enables fast-math). Never for a test of compiled code, of
+    its cost analysis or of edgefilter's own compile options.
+    """
+    if fun is None:
+        return functools.partial(quick_jit, **kwargs)
+    return jax.jit(fun, compiler_options=_quick_compile_options(), **kwargs)

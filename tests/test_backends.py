@@ -25,8 +25,14 @@ from edgefilter.backends.xla_cpu.forward_mode import ForwardModeError
 from edgefilter.models.layers import Ops
 from edgefilter.training import config as config_lib
 from edgefilter.training import steps as train_lib
+from tests.conftest import numpy_variables
 
 DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _normal(seed, shape):
+    """Test data from NumPy: eager jax.random compiles threefry for every new shape."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
 # ----------------------------------------------------------------------------------------
@@ -121,8 +127,8 @@ def test_jvp_through_a_lowering_raises_an_error_naming_the_switch(lowering, name
 
 def test_forward_mode_through_a_model_with_the_switch_on():
     model = models.create("lenet", 10, xla_cpu=True)
-    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 1))
-    params = model.init(jax.random.key(1), x)
+    x = _normal(0, (2, 16, 16, 1))
+    params = numpy_variables(model, x, seed=1)
 
     def f(x):
         return model.apply(params, x)
@@ -143,11 +149,14 @@ def test_forward_mode_through_a_model_with_the_switch_on():
 @pytest.mark.parametrize("shape", [(8, 6, 6, 16), (3, 5, 7, 3), (4, 300)])
 def test_folded_batch_norm_matches_flax_batch_norm(shape):
     """Outputs, running statistics and gradients of flax's BatchNorm (train and eval)."""
-    x = 2.0 + 3.0 * jax.random.normal(jax.random.key(0), shape)
+    x = 2.0 + 3.0 * _normal(0, shape)
     ours, flax_bn = Ops(xla_cpu=True).batch_norm(True), Ops(xla_cpu=False).batch_norm(True)
     assert isinstance(ours, xla_cpu_layers.BatchNorm) and isinstance(flax_bn, nn.BatchNorm)
-    variables = flax_bn.init(jax.random.key(1), x)
-    chex.assert_trees_all_equal_shapes_and_dtypes(ours.init(jax.random.key(1), x), variables)
+    chex.assert_trees_all_equal_shapes_and_dtypes(
+        jax.eval_shape(ours.init, jax.random.key(1), x),
+        jax.eval_shape(flax_bn.init, jax.random.key(1), x),
+    )
+    variables = numpy_variables(flax_bn, x, seed=1)  # Running statistics of earlier batches.
     params = {"scale": jnp.linspace(0.5, 1.5, shape[-1]), "bias": jnp.linspace(-1, 1, shape[-1])}
 
     def loss(module, params, x):
@@ -158,19 +167,18 @@ def test_folded_batch_norm_matches_flax_batch_norm(shape):
         )
         return jnp.sum(jnp.sin(y) * x), (y, updates)
 
-    (_, (y, stats)), grads = jax.value_and_grad(functools.partial(loss, ours), (0, 1), True)(
-        params, x
-    )
-    (_, (y_ref, stats_ref)), grads_ref = jax.value_and_grad(
-        functools.partial(loss, flax_bn), (0, 1), True
-    )(params, x)
+    def value_and_grads(module):
+        return jax.jit(jax.value_and_grad(functools.partial(loss, module), (0, 1), True))
+
+    (_, (y, stats)), grads = value_and_grads(ours)(params, x)
+    (_, (y_ref, stats_ref)), grads_ref = value_and_grads(flax_bn)(params, x)
     np.testing.assert_allclose(y, y_ref, atol=1e-5)
     chex.assert_trees_all_close(stats, stats_ref, atol=1e-6)
     chex.assert_trees_all_close(grads, grads_ref, rtol=1e-4, atol=1e-4)
     evaluation = {"params": params, "batch_stats": stats["batch_stats"]}
     np.testing.assert_allclose(
-        Ops(xla_cpu=True).batch_norm(False).apply(evaluation, x),
-        nn.BatchNorm(True, epsilon=1e-5).apply(evaluation, x),
+        jax.jit(Ops(xla_cpu=True).batch_norm(False).apply)(evaluation, x),
+        jax.jit(nn.BatchNorm(True, epsilon=1e-5).apply)(evaluation, x),
         atol=1e-5,
     )
 
@@ -196,29 +204,33 @@ def test_folded_batch_norm_sums_on_the_folded_view():
 @pytest.mark.parametrize("xla_cpu", [False, True])
 def test_batch_norm_axis_name_synchronises_statistics(xla_cpu):
     """Under vmap over 'device', each shard is normalised by the whole batch's statistics."""
-    x = 1.0 + 2.0 * jax.random.normal(jax.random.key(0), (3, 4, 5, 5, 8))  # 3 shards of 4
+    x = 1.0 + 2.0 * _normal(0, (3, 4, 5, 5, 8))  # 3 shards of 4
     local, synced = Ops(xla_cpu=xla_cpu), Ops(xla_cpu=xla_cpu, axis_name="device")
-    variables = local.batch_norm(True).init(jax.random.key(1), x[0])
+    variables = numpy_variables(local.batch_norm(True), x[0], seed=1)
     whole = x.reshape(12, 5, 5, 8)
-    want, want_stats = local.batch_norm(True).apply(variables, whole, mutable=["batch_stats"])
+    want, want_stats = jax.jit(
+        lambda x: local.batch_norm(True).apply(variables, x, mutable=["batch_stats"])
+    )(whole)
 
     def shard(x):
         return synced.batch_norm(True).apply(variables, x, mutable=["batch_stats"])
 
-    got, got_stats = jax.vmap(shard, axis_name="device")(x)
+    got, got_stats = jax.jit(jax.vmap(shard, axis_name="device"))(x)
     np.testing.assert_allclose(got.reshape(whole.shape), want, rtol=1e-5, atol=1e-5)
     for i in range(3):  # Every shard holds the same, whole-batch running statistics.
         chex.assert_trees_all_close(
             jax.tree.map(lambda a, i=i: a[i], got_stats), want_stats, rtol=1e-5, atol=1e-6
         )
-    unsynced, _ = jax.vmap(lambda x: local.batch_norm(True).apply(variables, x, mutable=True))(x)
+    unsynced, _ = jax.jit(
+        jax.vmap(lambda x: local.batch_norm(True).apply(variables, x, mutable=True))
+    )(x)
     assert not np.allclose(unsynced.reshape(whole.shape), want, atol=1e-3)  # the test can fail
 
 
 def test_models_pass_axis_name_to_batch_norm():
     model = models.create("resnet8", 3, xla_cpu=False, axis_name="device")
-    x = jax.random.normal(jax.random.key(0), (2, 2, 8, 8, 3))
-    variables = models.create("resnet8", 3).init(jax.random.key(1), x[0], train=False)
+    x = _normal(0, (2, 2, 8, 8, 3))
+    variables = numpy_variables(models.create("resnet8", 3), x[0], seed=1, train=False)
 
     def apply(model, x):
         return model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
@@ -236,13 +248,15 @@ def test_models_pass_axis_name_to_batch_norm():
 
 @pytest.mark.parametrize("shape", [(2, 24, 24, 3), (3, 7, 9, 2)])
 def test_max_pool_2x2_matches_flax_max_pool_and_its_gradient(shape):
-    x = jax.random.normal(jax.random.key(0), shape)  # Continuous: no ties.
+    x = _normal(0, shape)  # Continuous: no ties.
     ops, flax_ops = Ops(xla_cpu=True), Ops(xla_cpu=False)
-    chex.assert_trees_all_close(ops.max_pool(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
-    chex.assert_trees_all_close(
-        jax.grad(lambda x: jnp.sum(ops.max_pool(x) ** 2))(x),
-        jax.grad(lambda x: jnp.sum(flax_ops.max_pool(x) ** 2))(x),
-    )
+
+    def pooled_and_grad(pool):
+        return jax.jit(lambda x: (pool(x), jax.grad(lambda x: jnp.sum(pool(x) ** 2))(x)))(x)
+
+    pooled, grad = pooled_and_grad(ops.max_pool)
+    chex.assert_trees_all_close(pooled, nn.max_pool(x, (2, 2), strides=(2, 2)))
+    chex.assert_trees_all_close(grad, pooled_and_grad(flax_ops.max_pool)[1])
 
 
 def test_max_pool_2x2_ties_and_jit_match_flax():
@@ -271,8 +285,7 @@ def test_max_pool_2x2_ties_and_jit_match_flax():
     ],
 )
 def test_small_kernel_conv_matches_lax_and_its_gradients(x_shape, w_shape, strides, padding):
-    x = jax.random.normal(jax.random.key(0), x_shape)
-    w = jax.random.normal(jax.random.key(1), w_shape)
+    x, w = _normal(0, x_shape), _normal(1, w_shape)
 
     def loss(conv):
         def f(x, w):
@@ -281,9 +294,12 @@ def test_small_kernel_conv_matches_lax_and_its_gradients(x_shape, w_shape, strid
 
         return f
 
-    (_, y_ref), g_ref = jax.value_and_grad(loss(jax.lax.conv_general_dilated), (0, 1), True)(x, w)
+    def value_and_grad(conv):
+        return jax.jit(jax.value_and_grad(loss(conv), (0, 1), True))(x, w)
+
+    (_, y_ref), g_ref = value_and_grad(jax.lax.conv_general_dilated)
     # Differentiated: the tap sum in a buffer of its own, lax's backward.
-    (_, y), g = jax.value_and_grad(loss(xla_cpu_layers.small_kernel_conv), (0, 1), True)(x, w)
+    (_, y), g = value_and_grad(xla_cpu_layers.small_kernel_conv)
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
     chex.assert_trees_all_close(g, g_ref, rtol=1e-4, atol=1e-4)
     # Value only: the tap sum.

@@ -15,6 +15,11 @@ from edgefilter.backends.xla_cpu import layers
 DN = ("NHWC", "HWIO", "NHWC")
 
 
+def _normal(seed: int, shape: tuple[int, ...]) -> jax.Array:
+    """Test data from NumPy: eager jax.random compiles threefry for every new shape."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
 def _conv(x: jax.Array, w: jax.Array) -> jax.Array:
     return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=DN)
 
@@ -44,8 +49,7 @@ def test_options_are_copies(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU option")
 def test_compiled_conv_has_no_ynn_fusion_and_same_values() -> None:
     # LeNet's conv2 shape, which XLA:CPU would otherwise emit as a YNNPACK fusion.
-    x = jax.random.normal(jax.random.key(0), (64, 12, 12, 20))
-    w = jax.random.normal(jax.random.key(1), (5, 5, 20, 50))
+    x, w = _normal(0, (64, 12, 12, 20)), _normal(1, (5, 5, 20, 50))
     ours = backends.jit(_conv, xla_cpu=True)
     assert "__ynn_fusion" not in ours.lower(x, w).compile().as_text()
     np.testing.assert_allclose(ours(x, w), jax.jit(_conv)(x, w), rtol=1e-4, atol=1e-3)
@@ -83,8 +87,7 @@ def test_without_fusion_emitters_the_same_values() -> None:
         y = layers.small_kernel_conv(x, w, (1, 1), "VALID", dimension_numbers=DN)
         return layers.max_pool_2x2(jax.nn.relu(y))
 
-    x = jax.random.normal(jax.random.key(0), (8, 28, 28, 1))
-    w = jax.random.normal(jax.random.key(1), (3, 3, 1, 6))
+    x, w = _normal(0, (8, 28, 28, 1)), _normal(1, (3, 3, 1, 6))
     legacy = backends.jit(block, xla_cpu=True, fusion_emitters=False)
     # XLA accepts the option (an unknown one fails to compile) and computes the same.
     np.testing.assert_allclose(legacy(x, w), backends.jit(block, xla_cpu=True)(x, w), rtol=1e-6)

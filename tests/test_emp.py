@@ -24,6 +24,7 @@ from jax import lax
 
 from edgefilter.backends.xla_cpu import channel_fold, conv_backward, own_buffer
 from edgefilter.method import emp
+from tests.conftest import numpy_variables, quick_jit
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -75,10 +76,10 @@ def _reference_grads(conv_kwargs, policy, lhs, rhs, delta, out_axis=-1, rhs_axis
 
 
 def _emp_grads(policy, conv_kwargs, lhs, rhs, delta, error_transform=None, xla_cpu=None):
-    """``jax.jit``-compiled backward of the pruned conv for a given output error."""
+    """Jit-compiled backward of the pruned conv for a given output error (its values)."""
     conv = emp.conv_general_dilated(policy, error_transform=error_transform, xla_cpu=xla_cpu)
 
-    @jax.jit
+    @quick_jit
     def grads(x, w, d):
         _, vjp = jax.vjp(lambda x, w: conv(x, w, **conv_kwargs), x, w)
         return vjp(d)
@@ -133,7 +134,7 @@ def test_keep_all_equals_jax_grad(policy):
     conv = emp.conv_general_dilated(policy)
 
     def loss(fn):
-        return jax.jit(jax.grad(lambda x, w: jnp.sum(fn(x, w, **kwargs) * r), argnums=(0, 1)))
+        return quick_jit(jax.grad(lambda x, w: jnp.sum(fn(x, w, **kwargs) * r), argnums=(0, 1)))
 
     expected = loss(lax.conv_general_dilated)(x, w)
     chex.assert_trees_all_equal(loss(conv)(x, w), expected)
@@ -322,13 +323,13 @@ def test_flax_conv_param_grads():
     )
     dense = nn.Conv(16, (3, 3), strides=2, padding="SAME")
     x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 10, 10, 4)), jnp.float32)
-    params = layer.init(jax.random.PRNGKey(1), x)
+    params = numpy_variables(layer, x, seed=1)
     y = layer.apply(params, x)
     chex.assert_trees_all_equal(y, dense.apply(params, x))
     r = np.random.default_rng(2).standard_normal(y.shape) * np.linspace(0.2, 3, 16)
     r = jnp.asarray(r, jnp.float32)
 
-    @jax.jit
+    @quick_jit
     def grads(params, x):
         return jax.grad(lambda p, x: jnp.sum(layer.apply(p, x) * r), argnums=(0, 1))(params, x)
 
@@ -492,7 +493,9 @@ def _kernel_and_delta(draw):
     return kernel, delta
 
 
-_select = jax.jit(functools.partial(emp.select_channels, dimension_numbers=NHWC), static_argnums=0)
+_select = quick_jit(
+    functools.partial(emp.select_channels, dimension_numbers=NHWC), static_argnums=0
+)
 
 
 @settings(max_examples=30, deadline=None)
@@ -508,17 +511,21 @@ def test_topk_selection_property(data, keep_ratio, gammas):
         assert scores[keep].min() >= scores[~keep].max()
 
 
+@functools.partial(quick_jit, static_argnums=0)
+def _select_and_scores(policy, kernel, delta):
+    """The kept channels and the scores S_j they were chosen by: one compilation."""
+    scores = emp.channel_scores(
+        kernel, delta, gamma1=policy.gamma1, gamma2=policy.gamma2, dimension_numbers=NHWC
+    )
+    return emp.select_channels(policy, kernel, delta, dimension_numbers=NHWC), scores
+
+
 @settings(max_examples=30, deadline=None)
 @given(data=_kernel_and_delta(), threshold=st.floats(0.0, 3.0), gammas=_gammas)
 def test_threshold_selection_property(data, threshold, gammas):
     kernel, delta = data
     policy = emp.Threshold(threshold, *gammas)
-    keep = np.asarray(_select(policy, kernel, delta))
-    scores = np.asarray(
-        emp.channel_scores(
-            kernel, delta, gamma1=gammas[0], gamma2=gammas[1], dimension_numbers=NHWC
-        )
-    )
+    keep, scores = map(np.asarray, _select_and_scores(policy, kernel, delta))
     np.testing.assert_array_equal(scores, _np_scores(kernel, delta, *gammas))  # exact
     cut = np.float32(threshold) * scores.mean(dtype=np.float32)
     np.testing.assert_array_equal(keep, scores >= cut)

@@ -21,6 +21,7 @@ import pytest
 
 import edgefilter as ef
 from edgefilter.method import emp
+from tests.conftest import numpy_variables, quick_jit
 
 POLICY = emp.TopK(0.5)
 CONVS = ("Conv_0", "Conv_1", "Conv_2")
@@ -40,9 +41,11 @@ class CNN(nn.Module):
         return nn.Dense(3)(x.mean(axis=(1, 2)))
 
 
+@functools.cache
 def _data() -> tuple[jax.Array, jax.Array]:
-    kx, ky = jax.random.split(jax.random.key(0))
-    return jax.random.normal(kx, (8, 8, 8, 1)), jax.random.randint(ky, (8,), 0, 3)
+    rng = np.random.default_rng(0)  # Not jax.random: it compiles for every shape.
+    x = jnp.asarray(rng.standard_normal((8, 8, 8, 1)), jnp.float32)
+    return x, jnp.asarray(rng.integers(0, 3, 8), jnp.int32)
 
 
 def _loss(model: nn.Module, params, x, y) -> jax.Array:
@@ -52,7 +55,7 @@ def _loss(model: nn.Module, params, x, y) -> jax.Array:
 
 @functools.cache
 def _params():
-    return CNN().init(jax.random.key(1), _data()[0])
+    return numpy_variables(CNN(), _data()[0], seed=1)
 
 
 @functools.cache
@@ -64,7 +67,7 @@ def _value_and_grads(route: str, skip_first: bool = True):
     else:
         model = CNN()
 
-    @jax.jit
+    @quick_jit
     def value_and_grad(params, x, y):
         fn = jax.value_and_grad(functools.partial(_loss, model))
         if route == "context":
@@ -103,7 +106,7 @@ class Shared(nn.Module):
 
 def _conv_kinds(model: nn.Module, x: jax.Array) -> list[str]:
     """``dense`` or ``pruned`` for each convolution ``model.apply`` runs, in order."""
-    params = model.init(jax.random.key(0), x)
+    params = numpy_variables(model, x)
     eqns = jax.make_jaxpr(model.apply)(params, x).jaxpr.eqns
     names = [e.primitive.name for e in eqns]  # EMP's conv is a custom_vjp call
     return [
@@ -125,10 +128,12 @@ def test_the_first_conv_layer_of_every_top_level_call_stays_dense():
 
 
 def test_init_inside_pruning_gives_the_same_variables():
-    with ef.emp.pruning(POLICY, skip_first=False):
-        inside = CNN().init(jax.random.key(1), _data()[0])
-    assert jax.tree.structure(inside) == jax.tree.structure(_params())
-    jax.tree.map(np.testing.assert_array_equal, inside, _params())
+    x = _data()[0]
+    with ef.emp.pruning(POLICY, skip_first=False):  # Traced inside the block.
+        inside = quick_jit(lambda key: CNN().init(key, x))(jax.random.key(1))
+    outside = quick_jit(lambda key: CNN().init(key, x))(jax.random.key(1))
+    assert jax.tree.structure(inside) == jax.tree.structure(outside)
+    jax.tree.map(np.testing.assert_array_equal, inside, outside)
 
 
 def test_pruning_refuses_to_replace_a_primitive_of_the_layer():
@@ -136,7 +141,7 @@ def test_pruning_refuses_to_replace_a_primitive_of_the_layer():
         return jax.lax.conv_general_dilated(*args, **kwargs)
 
     x = jnp.zeros((1, 8, 8, 1))
-    params = CNN(conv=own_conv).init(jax.random.key(1), x)
+    params = numpy_variables(CNN(conv=own_conv), x, seed=1)
     with (
         ef.emp.pruning(POLICY),
         pytest.raises(ValueError, match=r"nn.Conv 'Conv_1' computes its convolution with"),

@@ -1,4 +1,11 @@
-"""The command line: flag validation (exit status 2), and resume after SIGKILL."""
+"""The command line: flag validation (exit status 2), and resume after SIGKILL.
+
+A real ``python -m experiments.train`` process is run where the process itself is what
+is under test: one bad flag (exit status 2 and one line on stderr through absl's
+``app.run``), and a run killed with SIGKILL then resumed. Every other bad input goes
+through the same two functions ``app.run`` calls, ``cli.parse_flags`` then
+``train.main``, in this process (each process start costs seconds of imports).
+"""
 
 import json
 import os
@@ -10,6 +17,11 @@ import time
 import chex
 import orbax.checkpoint as ocp
 import pytest
+from absl import flags, logging
+
+from edgefilter.training import config as config_lib
+from edgefilter.training import loop
+from experiments import cli, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,6 +35,28 @@ def _cli(*flags, **kwargs):
         text=True,
         **kwargs,
     )
+
+
+def test_a_bad_flag_exits_2_with_one_clear_line_and_writes_nothing(tmp_path):
+    """The real command: absl's app.run with cli.parse_flags (absl alone would exit 1)."""
+    workdir = tmp_path / "run"
+    proc = _cli("--batch_size=abc", f"--workdir={workdir}")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "--batch_size" in lines[0], err
+    assert "Traceback" not in err
+    assert not workdir.exists()
+
+
+@pytest.fixture
+def fresh_flags():
+    """Parses from the flags' defaults and leaves them so (absl's FLAGS are global)."""
+    verbosity = logging.get_verbosity()
+    flags.FLAGS.unparse_flags()
+    yield
+    flags.FLAGS.unparse_flags()
+    logging.set_verbosity(verbosity)
 
 
 @pytest.mark.parametrize(
@@ -39,13 +73,16 @@ def _cli(*flags, **kwargs):
         ("--dataset=idx:/no/such/folder", "/no/such/folder"),
     ],
 )
-def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(tmp_path, flag, message):
+def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(
+    tmp_path, capsys, fresh_flags, flag, message
+):
     workdir = tmp_path / "run"
-    proc = _cli(flag, f"--workdir={workdir}")
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2, err
+    with pytest.raises(SystemExit) as exit_info:  # What app.run does with the command line.
+        train.main(cli.parse_flags(["experiments.train", flag, f"--workdir={workdir}"]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err
-    assert "Traceback" not in err
     assert not workdir.exists()
 
 
@@ -57,40 +94,46 @@ def _final_params(workdir):
     return step, restored["state"]["params"]
 
 
+STEPS, BATCH, EVERY = 20, 32, 2  # Two epochs of the 320 training images.
+
+
 def test_resume_after_sigkill_ends_with_the_uninterrupted_parameters(tmp_path, idx_folder):
-    common = [
-        f"--dataset=idx:{idx_folder}",
-        "--steps=30",
-        "--batch_size=32",
-        "--checkpoint_every_steps=4",
-        "--progress=false",
-    ]
+    settings = dict(
+        model="lenet_slim",  # The smallest network: the mechanism, not the model, is tested.
+        dataset=f"idx:{idx_folder}",
+        steps=STEPS,
+        batch_size=BATCH,
+        checkpoint_every_steps=EVERY,
+    )
+    command = [f"--{k}={v}" for k, v in settings.items()] + ["--progress=false"]
     full, killed = tmp_path / "full", tmp_path / "killed"
-    proc = _cli(*common, f"--workdir={killed}")
+    proc = _cli(*command, f"--workdir={killed}")
     deadline = time.time() + 300
     checkpoints = killed / "checkpoints"
     while time.time() < deadline:  # Kill once a checkpoint past the start exists.
         if checkpoints.exists() and any(
-            d.isdigit() and int(d) >= 8 for d in os.listdir(checkpoints)
+            d.isdigit() and int(d) >= 2 * EVERY for d in os.listdir(checkpoints)
         ):
             break
         assert proc.poll() is None, proc.communicate()[1]
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL
     assert not (killed / "summary.json").exists()
-    resumed = _cli(*common, f"--workdir={killed}")
-    uninterrupted = _cli(*common, f"--workdir={full}")
-    for p in (resumed, uninterrupted):
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
+    resumed = _cli(*command, f"--workdir={killed}")
+    # Meanwhile the uninterrupted run, in this process: the config the same flags give
+    # (every other setting at its default, as on the command line).
+    loop.train_and_evaluate(config_lib.from_flags(settings), str(full), show_progress=False)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
     step_a, params_a = _final_params(full)
     step_b, params_b = _final_params(killed)
-    assert step_a == step_b == 30
+    assert step_a == step_b == STEPS
     chex.assert_trees_all_equal(params_a, params_b)
     with open(killed / "summary.json") as f:
         summary = json.load(f)
-    assert summary["instances_trained"] == 30 * 32
+    assert summary["instances_trained"] == STEPS * BATCH
     with open(killed / "metrics.jsonl") as f:
         steps = [r["step"] for r in map(json.loads, f) if "loss" in r]
-    assert steps == list(range(1, 31))  # Replayed steps are not logged twice.
+    assert steps == list(range(1, STEPS + 1))  # Replayed steps are not logged twice.

@@ -16,6 +16,7 @@ import pytest
 
 from edgefilter import models
 from edgefilter.method import emp, flops
+from tests.conftest import numpy_variables
 
 CPU = jax.devices("cpu")[0]
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -283,7 +284,7 @@ def _xla_counts(name: str, batch: int, with_input: bool) -> tuple[float, float, 
     model = models.create(name, 10)
     x = jnp.zeros((batch, *shape))
     labels = jnp.zeros((batch,), jnp.int32)
-    variables = model.init(jax.random.key(0), x, train=False)
+    variables = numpy_variables(model, x, train=False)  # Values do not change the count.
     params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
 
     def forward(variables, x):

@@ -34,7 +34,8 @@ def _state(config, tx=None, seed=0):
 
 
 def _chunk(seed, n=M):
-    return jax.random.normal(jax.random.key(seed), (n, *SHAPE), jnp.float32)
+    """Images from NumPy's generator: jax.random compiles threefry for every new shape."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal((n, *SHAPE)), jnp.float32)
 
 
 def _logits(params, x):

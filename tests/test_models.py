@@ -10,6 +10,7 @@ import pytest
 
 from edgefilter import models
 from edgefilter.method import emp, flops
+from tests.conftest import numpy_variables, quick_jit
 
 
 def _shapes(name, image_shape, num_classes=10, **options):
@@ -123,8 +124,8 @@ def test_the_first_conv_alone_uses_first_conv_general_dilated(name, image_shape,
 
 def test_lenet_forward_matches_a_hand_written_forward():
     model = models.create("lenet", 10)
-    x = jax.random.normal(jax.random.key(1), (2, 28, 28, 1))
-    v = jax.jit(model.init)(jax.random.key(0), x)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 28, 28, 1)), jnp.float32)
+    v = numpy_variables(model, x)
     p = v["params"]
 
     def conv(x, layer):
@@ -163,8 +164,8 @@ def _sweep_shape(name: str) -> tuple[int, int, int]:
 
 # Value-and-gradient equivalence of the switch's two states and forward-mode values run
 # on the smallest model of each architecture family (LeNet, CIFAR ResNet, VGG, ImageNet
-# ResNet): compiled in float64, the zoo takes about 3 minutes on a 2-core CPU (LeNet 2 s,
-# ResNet-32 13 s, ResNet-110 about 60 s). Every model is traced in both states.
+# ResNet): each is three float64 compilations, which grow with depth (ResNet-110 takes
+# several times ResNet-8's). Every model is traced in both states.
 _NUMERIC = ("lenet", "resnet8", "vgg11", "resnet10")
 
 
@@ -273,16 +274,14 @@ def _check_switch_equivalence_and_forward_mode(name, shape):
         x = rng.standard_normal((4, *shape))
         cotangent = rng.standard_normal((4, 7))
         off, on = (models.create(name, 7, xla_cpu=s, dtype=jnp.float64) for s in (False, True))
-        variables = jax.jit(lambda x: off.init(jax.random.key(0), x, train=False))(x[:1])
-        variables = jax.tree.map(lambda a: np.asarray(a, np.float64), variables)
-        variables = jax.tree.map(lambda a: a + 0.1 * rng.standard_normal(a.shape), variables)
-        if "batch_stats" in variables:  # Positive running variances for the eval pass.
-            variables["batch_stats"] = jax.tree.map(np.abs, variables["batch_stats"])
+        # Not the initial values (a BatchNorm's are the identity): NumPy's, in float64,
+        # with positive running variances for the eval pass.
+        variables = numpy_variables(off, x[:1], train=False, dtype=np.float64)
         tangents = jax.tree.map(lambda a: rng.standard_normal(a.shape), (variables["params"], x))
-        run = jax.jit(_value_and_grads, static_argnums=0)
+        run = quick_jit(_value_and_grads, static_argnums=0)
         got_off, got_on = (jax.device_get(run(m, variables, x, cotangent)) for m in (off, on))
         forward = jax.device_get(
-            jax.jit(_forward_mode, static_argnums=0)(off, variables, x, tangents)
+            quick_jit(_forward_mode, static_argnums=0)(off, variables, x, tangents)
         )
 
     def assert_close(got, want):  # Relative to each array's scale.

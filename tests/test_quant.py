@@ -17,6 +17,7 @@ from jax import lax
 
 from edgefilter.backends.xla_cpu import conv_backward
 from edgefilter.method import emp, quant
+from tests.conftest import numpy_variables
 
 # Few, small examples: the suite shares two cores with other work.
 FAST = settings(max_examples=40, deadline=None)
@@ -60,7 +61,7 @@ class ConvDense(nn.Module):
 def _params_and_data() -> tuple[dict, jax.Array]:
     """Parameters do not depend on the lax functions plugged in: initialise once."""
     x = _normal(0, (4, 6, 6, 2))
-    return jax.jit(ConvDense().init)(jax.random.key(1), x), x
+    return numpy_variables(ConvDense(), x, seed=1), x
 
 
 def _model_and_data(conv: object, dot: object):
