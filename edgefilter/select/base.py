@@ -89,6 +89,24 @@ def gather(choice: Choice, *arrays: jax.Array) -> tuple[tuple[jax.Array, ...], .
     return train, probe
 
 
+def count_chunks(key: jax.Array, x_example: jax.Array) -> jax.Array:
+    """``init`` of a selector that learns nothing: its state counts the chunks seen."""
+    del key, x_example
+    return jnp.zeros((), jnp.int32)
+
+
+def observe_nothing(
+    state: jax.Array,
+    x: jax.Array,
+    choice: Choice,
+    train_losses: jax.Array,
+    probe_losses: jax.Array,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """``observe`` of a selector that learns nothing: counts the chunk and its trained."""
+    del x, train_losses, probe_losses
+    return state + 1, {"trained": jnp.sum(choice.train_weight > 0, dtype=jnp.int32)}
+
+
 def top_slots(scores: jax.Array, eligible: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
     """The ``size`` eligible positions with the largest scores, and their validity.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from edgefilter.select.base import Choice, Selector
+from edgefilter.select.base import Choice, Selector, count_chunks, observe_nothing
 
 __all__ = ["everything"]
 
@@ -25,10 +25,6 @@ def everything(*, chunk_size: int) -> Selector:
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer")
 
-    def init(key: jax.Array, x_example: jax.Array) -> jax.Array:
-        del key, x_example
-        return jnp.zeros((), jnp.int32)  # Chunks seen.
-
     def select(
         state: jax.Array, x: jax.Array, key: jax.Array, valid: jax.Array | None = None
     ) -> tuple[Choice, jax.Array]:
@@ -38,14 +34,4 @@ def everything(*, chunk_size: int) -> Selector:
         idx = jnp.arange(chunk_size, dtype=jnp.int32)
         return Choice(idx, weight, empty, empty.astype(jnp.float32)), state
 
-    def observe(
-        state: jax.Array,
-        x: jax.Array,
-        choice: Choice,
-        train_losses: jax.Array,
-        probe_losses: jax.Array,
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        del x, train_losses, probe_losses
-        return state + 1, {"trained": jnp.sum(choice.train_weight > 0, dtype=jnp.int32)}
-
-    return Selector(init, select, observe, chunk_size, 0)
+    return Selector(count_chunks, select, observe_nothing, chunk_size, 0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from edgefilter.select.base import Choice, Selector, top_slots
+from edgefilter.select.base import Choice, Selector, count_chunks, observe_nothing, top_slots
 
 __all__ = ["uniform"]
 
@@ -33,10 +33,6 @@ def uniform(r_set: float, *, chunk_size: int) -> Selector:
         raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer")
     train_size = max(1, round(r_set * chunk_size))
 
-    def init(key: jax.Array, x_example: jax.Array) -> jax.Array:
-        del key, x_example
-        return jnp.zeros((), jnp.int32)  # Chunks seen.
-
     def select(
         state: jax.Array, x: jax.Array, key: jax.Array, valid: jax.Array | None = None
     ) -> tuple[Choice, jax.Array]:
@@ -48,14 +44,4 @@ def uniform(r_set: float, *, chunk_size: int) -> Selector:
         empty = jnp.zeros((0,), jnp.int32)
         return Choice(idx, ok.astype(jnp.float32), empty, empty.astype(jnp.float32)), state
 
-    def observe(
-        state: jax.Array,
-        x: jax.Array,
-        choice: Choice,
-        train_losses: jax.Array,
-        probe_losses: jax.Array,
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        del x, train_losses, probe_losses
-        return state + 1, {"trained": jnp.sum(choice.train_weight > 0, dtype=jnp.int32)}
-
-    return Selector(init, select, observe, train_size, 0)
+    return Selector(count_chunks, select, observe_nothing, train_size, 0)
