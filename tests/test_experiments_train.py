@@ -26,9 +26,9 @@ from experiments import cli, train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _cli(*flags, **kwargs):
+def _cli(*args, **kwargs):
     return subprocess.Popen(
-        [sys.executable, "-m", "experiments.train", *flags],
+        [sys.executable, "-m", "experiments.train", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
