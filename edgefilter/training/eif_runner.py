@@ -1,4 +1,9 @@
-"""Streaming training with the early instance filter (``--method=eif`` / ``eif_emp``).
+"""The filter's selection packed through host-side queues, chunk by chunk.
+
+The command line's ``eif`` / ``eif_emp`` run on the stream engine
+(:mod:`edgefilter.training.engine`) except under the paper's argmax rule
+(``--eif_control=argmax``) or a non-default ``--eif_batch_size``, whose data-dependent
+number of main steps per chunk this runner handles (:mod:`edgefilter.training.runners`).
 
 For every arriving chunk of ``m`` instances (PAPER.md, "Early instance filter"):
 
