@@ -2,9 +2,10 @@
 
 A real ``python -m experiments.train`` process is run where the process itself is what
 is under test: one bad flag (exit status 2 and one line on stderr through absl's
-``app.run``), and a run killed with SIGKILL then resumed. Every other bad input goes
-through the same two functions ``app.run`` calls, ``cli.parse_flags`` then
-``train.main``, in this process (each process start costs seconds of imports).
+``app.run``), and the run that is killed with SIGKILL. Everything else (the other bad
+inputs, the resumed and the uninterrupted run) goes through the two functions
+``app.run`` calls, ``cli.parse_flags`` then ``train.main``, in this process: each
+process start costs seconds of imports and compilation.
 """
 
 import json
@@ -19,8 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 from absl import flags, logging
 
-from edgefilter.training import config as config_lib
-from edgefilter.training import loop
+from edgefilter.training import runners
 from experiments import cli, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,16 +97,18 @@ def _final_params(workdir):
 STEPS, BATCH, EVERY = 20, 32, 2  # Two epochs of the 320 training images.
 
 
-def test_resume_after_sigkill_ends_with_the_uninterrupted_parameters(tmp_path, idx_folder):
-    settings = dict(
-        model="lenet_slim",  # The smallest network: the mechanism, not the model, is tested.
-        method="eif",  # The stream engine with the filter's state in the checkpoint.
-        dataset=f"idx:{idx_folder}",
-        steps=STEPS,
-        batch_size=BATCH,
-        checkpoint_every_steps=EVERY,
-    )
-    command = [f"--{k}={v}" for k, v in settings.items()] + ["--progress=false"]
+def test_resume_after_sigkill_ends_with_the_uninterrupted_parameters(
+    tmp_path, idx_folder, fresh_flags, monkeypatch
+):
+    command = [
+        "--model=lenet_slim",  # The smallest network: the mechanism, not the model, is tested.
+        "--method=eif",  # The stream engine, with the filter's state in the checkpoint.
+        f"--dataset=idx:{idx_folder}",
+        f"--steps={STEPS}",
+        f"--batch_size={BATCH}",
+        f"--checkpoint_every_steps={EVERY}",
+        "--progress=false",
+    ]
     full, killed = tmp_path / "full", tmp_path / "killed"
     proc = _cli(*command, f"--workdir={killed}")
     deadline = time.time() + 300
@@ -122,12 +124,25 @@ def test_resume_after_sigkill_ends_with_the_uninterrupted_parameters(tmp_path, i
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "summary.json").exists()
-    resumed = _cli(*command, f"--workdir={killed}")
-    # Meanwhile the uninterrupted run, in this process: the config the same flags give
-    # (every other setting at its default, as on the command line).
-    loop.train_and_evaluate(config_lib.from_flags(settings), str(full), show_progress=False)
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
+
+    def rerun(workdir):  # The same command again, in this process (what app.run calls).
+        flags.FLAGS.unparse_flags()
+        train.main(cli.parse_flags(["experiments.train", *command, f"--workdir={workdir}"]))
+
+    # Resumed from the newest checkpoint the killed process completed: the steps before
+    # it are not trained again.
+    newest = max(int(d) for d in os.listdir(checkpoints) if d.isdigit())
+    trained, run_block = [], runners.EngineRunner.run_block
+
+    def counting_run_block(self, loop_state, chunks):
+        trained.extend(chunk for _, _, chunk in chunks)
+        return run_block(self, loop_state, chunks)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runners.EngineRunner, "run_block", counting_run_block)
+        rerun(killed)
+    assert 2 * EVERY <= newest < STEPS and trained == list(range(newest, STEPS))
+    rerun(full)  # The uninterrupted run.
     step_a, params_a = _final_params(full)
     step_b, params_b = _final_params(killed)
     assert step_a == step_b == STEPS
