@@ -178,6 +178,16 @@ def test_the_readme_user_loop_adopts_eif_and_emp_and_t_l_tracks():
             thresholds.append(float(metrics["window/threshold"]))
             kept.append(float(metrics["window/predicted_high_fraction"]))
     assert step._cache_size() == 1
+    # EMP prunes the main network only: its second conv's backward ranks the error
+    # channels with one top_k (Eq. 11-13) that the same step without EMP lacks.
+    plain = {"key": jax.random.key(0)}
+    without_emp = _readme_user_loop().replace("with ef.emp.pruning(", "with contextlib.nullcontext(")
+    exec("import contextlib\n" + without_emp, plain)
+    args = (params, opt_state, sel_state, x, y, key)
+    top_ks = [str(jax.make_jaxpr(s)(*args)).count(" top_k[") for s in (step, plain["step"])]
+    assert top_ks[0] == top_ks[1] + 1, top_ks
+    body = _readme_user_loop().split("def step(")[1]
+    assert sum("# EIF" in line for line in body.splitlines()) == 3  # The budget.
     assert trained == chunks * round(0.3 * m)  # round(0.3 * 64) = 19 per chunk ...
     np.testing.assert_allclose(kept, 19 / 64)  # ... and the filter's kept fraction holds.
     ratio = np.asarray(thresholds) / 1.0  # FilterConfig's init_threshold.
