@@ -181,7 +181,8 @@ def test_the_readme_user_loop_adopts_eif_and_emp_and_t_l_tracks():
     # EMP prunes the main network only: its second conv's backward ranks the error
     # channels with one top_k (Eq. 11-13) that the same step without EMP lacks.
     plain = {"key": jax.random.key(0)}
-    without_emp = _readme_user_loop().replace("with ef.emp.pruning(", "with contextlib.nullcontext(")
+    snippet = _readme_user_loop()
+    without_emp = snippet.replace("with ef.emp.pruning(", "with contextlib.nullcontext(")
     exec("import contextlib\n" + without_emp, plain)
     args = (params, opt_state, sel_state, x, y, key)
     top_ks = [str(jax.make_jaxpr(s)(*args)).count(" top_k[") for s in (step, plain["step"])]
