@@ -7,6 +7,7 @@ import pytest
 
 from edgefilter.training import config as config_lib
 from edgefilter.training import loop
+from tests import test_metrics
 
 
 def _small_config(**overrides):
@@ -46,6 +47,12 @@ def test_train_and_evaluate_end_to_end(tmp_path, tiny_dataset):
     train_steps = [r["step"] for r in records if "loss" in r]
     assert train_steps == list(range(1, 21))
     assert [r["step"] for r in records if "test_accuracy" in r] == [10, 20]
+    # The same scalars as TensorBoard events in the workdir.
+    scalars = [
+        (v.tag, e.step) for e in test_metrics._events(tmp_path / "run") for v in e.summary.value
+    ]
+    assert [step for tag, step in scalars if tag == "test_accuracy"] == [10, 20]
+    assert [step for tag, step in scalars if tag == "loss"] == train_steps
 
 
 def test_partial_last_batch_is_trained_not_dropped(tmp_path, tiny_dataset):

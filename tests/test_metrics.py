@@ -1,9 +1,11 @@
-"""Tests of edgefilter.metrics: the JSON-lines log and its truncation on resume."""
+"""Tests of edgefilter.metrics: the JSON-lines log, its TensorBoard events, resume."""
 
 import json
+import struct
 
 import jax.numpy as jnp
 import numpy as np
+from tensorboardX.proto import event_pb2
 
 from edgefilter.training import metrics as metrics_lib
 
@@ -50,3 +52,43 @@ def test_a_fresh_run_in_an_old_workdir_starts_an_empty_log(tmp_path):
     log.add(5, {"loss": 1.0})
     log.flush()
     assert metrics_lib.MetricsLog(str(tmp_path), resume_step=0).records() == []
+
+
+def _events(workdir):
+    """Every event of the workdir's event files, file by file in creation order, read
+    as TFRecords by hand: length (8 bytes), its CRC (4), the Event proto, its CRC (4)."""
+    events = []
+    for path in sorted(workdir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime_ns):
+        data, i = path.read_bytes(), 0
+        while i < len(data):
+            (length,) = struct.unpack("<Q", data[i : i + 8])
+            event = event_pb2.Event()
+            event.ParseFromString(data[i + 12 : i + 12 + length])
+            events.append(event)
+            i += 12 + length + 4
+    return events
+
+
+def test_scalars_reach_tensorboard_and_a_resume_purges_the_replayed_steps(tmp_path):
+    log = metrics_lib.MetricsLog(str(tmp_path))
+    for step in range(1, 4):
+        log.add(step, {"loss": float(step), "counts": jnp.asarray([1, 2])})
+    log.add(3, {"test_accuracy": 0.75})
+    log.close()
+    resumed = metrics_lib.MetricsLog(str(tmp_path), resume_step=2)
+    resumed.add(3, {"loss": 30.0})
+    resumed.close()
+    seen = []
+    for event in _events(tmp_path):
+        if event.HasField("session_log"):
+            seen.append(("purge_from", event.step))
+        for value in event.summary.value:
+            seen.append((value.tag, event.step, value.simple_value))
+    assert seen == [  # Vectors ("counts") are not scalars and stay in the JSON lines only.
+        ("loss", 1, 1.0),
+        ("loss", 2, 2.0),
+        ("loss", 3, 3.0),
+        ("test_accuracy", 3, 0.75),
+        ("purge_from", 3),  # TensorBoard drops the first file's events from step 3 on.
+        ("loss", 3, 30.0),
+    ]

@@ -148,6 +148,7 @@ def train_and_evaluate(
     with metrics_lib.progress_bar(show_progress) as progress:
         loop = _train_stream(session, loop, progress)
     checkpointer.close()
+    session.metrics_log.close()
     summary = _summary(session, loop)
     _write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     summary["state"] = loop["state"]

@@ -1,7 +1,10 @@
-"""Per-step metrics as JSON lines, and a terminal progress display with rate and ETA.
+"""Per-step metrics as JSON lines and TensorBoard events, and a terminal progress display.
 
 Metrics are kept as device arrays and fetched in one transfer every ``flush`` call, so
-logging every step does not force a host-device synchronisation every step.
+logging every step does not force a host-device synchronisation every step. Each flush
+appends the records to ``metrics.jsonl`` and writes their scalars as TensorBoard events
+into the workdir (``tensorboard --logdir WORKDIR`` shows the training curves, the
+filter's per-window ``eif/`` metrics and ``test_accuracy``), under the same names.
 """
 
 from __future__ import annotations
@@ -9,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any
 
 import jax
 import numpy as np
+import tensorboardX
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,17 +29,28 @@ from rich.progress import (
 
 
 class MetricsLog:
-    """Appends ``{"step": s, **metrics}`` records to ``<workdir>/metrics.jsonl``."""
+    """Appends ``{"step": s, **metrics}`` records to ``<workdir>/metrics.jsonl`` and
+    their scalars to TensorBoard event files in ``workdir``; :meth:`close` ends both."""
 
     def __init__(self, workdir: str, resume_step: int = 0):
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._pending: list[tuple[int, dict[str, Any]]] = []
-        if os.path.exists(self.path):
+        resuming = os.path.exists(self.path)
+        if resuming:
             # Records written after the checkpoint we resume from are replayed: drop them.
             with open(self.path) as f:
                 kept = [line for line in f if json.loads(line).get("step", 0) <= resume_step]
             with open(self.path, "w") as f:
                 f.writelines(kept)
+        # On resume, purge_step tells TensorBoard to discard the earlier events from the
+        # replayed steps on, as the JSON lines above drop them.
+        # The suffix keeps a resumed run's event file from overwriting one opened in the
+        # same second (the file name otherwise holds whole seconds only).
+        self._events = tensorboardX.SummaryWriter(
+            workdir,
+            purge_step=resume_step + 1 if resuming else None,
+            filename_suffix=f".{time.time_ns()}",
+        )
 
     def add(self, step: int, metrics: dict[str, Any]) -> None:
         """Queues the metrics of ``step`` (device arrays are fine)."""
@@ -56,8 +72,17 @@ class MetricsLog:
             for step, metrics in fetched:
                 record = {"step": int(step), **{k: _to_json(v) for k, v in metrics.items()}}
                 f.write(json.dumps(record) + "\n")
+                for name, value in record.items():
+                    if name != "step" and isinstance(value, (int, float)):
+                        self._events.add_scalar(name, value, int(step))
+        self._events.flush()
         self._pending.clear()
         return {k: _to_json(v) for k, v in fetched[-1][1].items()}
+
+    def close(self) -> None:
+        """Writes what is queued and closes the event file."""
+        self.flush()
+        self._events.close()
 
 
 _COMPILE_EVENTS = (
