@@ -6,6 +6,7 @@ the resume test, which trains two tiny runs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -118,8 +119,12 @@ def test_summarize_against_hand_computed_rows(hand_runs):
     assert eif["measured_reduction"]["values"] == pytest.approx([0.5, 1 - 24 / 66])
     assert sgd["measured_reduction"]["values"] == [0.0, 0.0]
     # Time to 0.87: sgd at epoch 4 (40 s, 44 s); eif seed 0 at epoch 5 (25 s), seed 1 never.
-    assert sgd["time_to_target_s"] == {"mean": 42.0, "reached": 2, "values": [40.0, 44.0]}
-    assert eif["time_to_target_s"] == {"mean": 25.0, "reached": 1, "values": [25.0, None]}
+    assert sgd["time_to_target_s"] == {
+        "mean": 42.0, "reached": 2, "timed": 2, "values": [40.0, 44.0]
+    }  # fmt: skip
+    assert eif["time_to_target_s"] == {
+        "mean": 25.0, "reached": 1, "timed": 2, "values": [25.0, None]
+    }  # fmt: skip
     assert emp["time_to_target_s"]["reached"] == 0 and emp["time_to_target_s"]["mean"] is None
     assert emp["final_accuracy"]["half_width"] is None
     assert emp["measured_reduction"]["values"] == pytest.approx([1 - 63 / 60])
@@ -142,6 +147,15 @@ def test_the_table_and_json_from_hand_made_runs(hand_runs, tmp_path: pathlib.Pat
     # emp, one seed: last five (0.75 + 0.78 + 0.80 + 0.82 + 0.83) / 5; 1 - 63/60.
     assert "| emp | - | 1 | 83.00 ± n/a | 79.60 ± n/a | 0.200 (MAC) | -0.050 | 63.0 " in text
     assert text.rstrip().endswith("| not reached |")
+    # A run written before evaluations recorded their time is untimed, not "not reached".
+    old = dataclasses.replace(
+        hand_runs[4],
+        records=tuple(
+            {k: v for k, v in r.items() if k != "train_time_s"} for r in hand_runs[4].records
+        ),
+    )
+    untimed = results.markdown(results.summarize([*hand_runs[:4], old], 0.87), "T")
+    assert untimed.rstrip().endswith("| untimed |")
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["config"] == {"model": "lenet"} and written["title"] == "Title line."
     assert written["rows"][1]["final_accuracy"]["values"] == [0.88, 0.86]

@@ -12,7 +12,8 @@ Per method and budget (:func:`summarize`), over its seeds:
   workdir on one machine); seeds without such an SGD run are left out;
 * **time to target**: the training seconds at the first evaluation whose test accuracy
   reaches the target (evaluations happen at epoch ends, so this is resolved to an
-  epoch); "not reached" when no evaluation does.
+  epoch); "not reached" when no evaluation does. Runs whose evaluations do not record
+  ``train_time_s`` (written before it was recorded) are left out of it ("untimed").
 
 Accuracies and reductions are given as the mean over seeds and the half-width of the 95%
 Student-t interval, t_{0.975, n-1} * s / sqrt(n) with s the sample standard deviation of
@@ -99,7 +100,9 @@ def summarize(runs: Sequence[Run], target: float | None = None) -> dict[str, Any
     ``{"target_accuracy": {"value", "rule"}, "rows": [...]}``; each row holds ``method``,
     ``budget``, ``seeds``, ``final_accuracy``, ``last5_accuracy``, ``counted_reduction``,
     ``measured_reduction`` and ``train_time_s`` (each an :func:`interval`, or None where
-    no value exists), ``unit``, ``time_to_target_s`` and the runs' ``paths``.
+    no value exists), ``unit``, ``time_to_target_s`` (``mean`` over the seeds that
+    reached the target, how many ``reached``, how many were ``timed``, each timed run's
+    value or None) and the runs' ``paths``.
     """
     if not runs:
         raise ValueError("no runs to summarize")
@@ -116,7 +119,8 @@ def summarize(runs: Sequence[Run], target: float | None = None) -> dict[str, Any
         measured = [
             1.0 - r.summary["train_time_s"] / sgd_time[r.seed] for r in group if r.seed in sgd_time
         ]
-        times = [time_to_target(r, target) for r in group]
+        timed = [r for r in group if all("train_time_s" in e for e in r.evaluations)]
+        times = [time_to_target(r, target) for r in timed]
         reached = [t for t in times if t is not None]
         rows.append(
             {
@@ -132,6 +136,7 @@ def summarize(runs: Sequence[Run], target: float | None = None) -> dict[str, Any
                 "time_to_target_s": {
                     "mean": float(np.mean(reached)) if reached else None,
                     "reached": len(reached),
+                    "timed": len(timed),
                     "values": times,
                 },
                 "paths": [r.path for r in group],
@@ -154,11 +159,14 @@ def _reduction(cell: dict[str, Any] | None) -> str:
     return f"{cell['mean']:.3f} ± {cell['half_width']:.3f}"
 
 
-def _time_to_target(cell: dict[str, Any], seeds: int) -> str:
+def _time_to_target(cell: dict[str, Any]) -> str:
+    if cell["timed"] == 0:
+        return "untimed"
     if cell["reached"] == 0:
         return "not reached"
     shown = f"{cell['mean']:.1f}"
-    return shown if cell["reached"] == seeds else f"{shown} ({cell['reached']}/{seeds} seeds)"
+    timed = cell["timed"]
+    return shown if cell["reached"] == timed else f"{shown} ({cell['reached']}/{timed} seeds)"
 
 
 def markdown(results: dict[str, Any], title: str) -> str:
@@ -188,7 +196,7 @@ def markdown(results: dict[str, Any], title: str) -> str:
             f"| {_accuracy(r['last5_accuracy'])} "
             f"| {r['counted_reduction']['mean']:.3f} ({r['unit']}) "
             f"| {_reduction(r['measured_reduction'])} | {r['train_time_s']['mean']:.1f} "
-            f"| {_time_to_target(r['time_to_target_s'], seeds)} |"
+            f"| {_time_to_target(r['time_to_target_s'])} |"
         )
     return "\n".join(lines) + "\n"
 
