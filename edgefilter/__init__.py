@@ -19,7 +19,7 @@ reporting):
   selection as implementations, for a user's own jitted loop.
 * ``edgefilter.training``: the run's config, train state and steps, the stream and its
   runners, the loop, checkpoints, metrics and the compute accounting.
-* ``edgefilter.reporting``: tables comparing runs.
+* ``edgefilter.reporting``: tables and figures comparing runs, the baselines harness.
 
 Public API. The modules above are the API; ``__all__`` also re-exports, one by one, the
 classes and functions a user's own training code needs whose names say what they are

@@ -42,6 +42,7 @@ def test_a_flag_out_of_bounds_exits_2_naming_it(capsys):
         ("benchmarks.lenet_throughput", "--threads=-1"),
         ("benchmarks.oracle_selection", "--r=0"),
         ("experiments.compare", "--workdir=/nonexistent/never --bits=7"),
+        ("experiments.baselines", "--workdir=/nonexistent/never --methods=sgd,ohem"),
     ],
 )
 def test_commands_exit_2_on_a_bad_flag(module, flag):

@@ -295,10 +295,21 @@ def _stream_block(
 
 
 def _evaluate_epoch(session: _Session, loop: dict[str, Any], console: Console) -> None:
-    """Evaluates on the test set, logs and prints the result; its time is side time."""
+    """Evaluates on the test set, logs and prints the result; its time is side time.
+
+    The record holds the run's training seconds up to this evaluation (``train_time_s``,
+    what summary.json's ``train_time_s`` is at the end), so accuracy can be read
+    against training time (``edgefilter.reporting``).
+    """
     position = int(loop["position"])
+    clock = session.clock
+    train_time = clock.elapsed() - clock.side - clock.compiled()
     started, compiled = time.perf_counter(), metrics_lib.compile_seconds()
-    result = {**session.evaluate(loop["state"]), "epoch": position / session.num_train}
+    result = {
+        **session.evaluate(loop["state"]),
+        "epoch": position / session.num_train,
+        "train_time_s": train_time,
+    }
     session.metrics_log.add(int(loop["chunk"]), result)
     session.metrics_log.flush()
     console.print(
