@@ -1,12 +1,15 @@
 """Tests of edgefilter.checkpoint: round trips of loop-state pytrees through orbax."""
 
+import logging
 import os
+import shutil
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from edgefilter import models
 from edgefilter.training import checkpoint as checkpoint_lib
@@ -91,3 +94,56 @@ def test_a_leftover_temporary_directory_does_not_break_restore(tmp_path):
     assert reopened.latest_step() == 8
     _assert_restored(reopened.restore(_template()), _tree(8))
     reopened.close()
+
+
+def _truncate_data_files(step_dir):
+    for folder, _, files in os.walk(step_dir):
+        if os.path.basename(folder) == "d":  # OCDBT's data files.
+            for name in files:
+                path = os.path.join(folder, name)
+                with open(path, "r+b") as f:
+                    f.truncate(os.path.getsize(path) // 2)
+
+
+def _remove_array_metadata(step_dir):
+    os.remove(step_dir / "default" / "manifest.ocdbt")
+
+
+def _empty_the_folder(step_dir):
+    shutil.rmtree(step_dir)
+    step_dir.mkdir()
+
+
+@pytest.mark.parametrize(
+    "damage", [_remove_array_metadata, _truncate_data_files, _empty_the_folder]
+)
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog, damage):
+    checkpointer = checkpoint_lib.Checkpointer(str(tmp_path))
+    for step in (4, 8):
+        checkpointer.save(step, _tree(step))
+    checkpointer.close()
+    damage(tmp_path / "checkpoints" / "8")
+    reopened = checkpoint_lib.Checkpointer(str(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        restored = reopened.restore(_template())
+    _assert_restored(restored, _tree(4))
+    (warning,) = [r.getMessage() for r in caplog.records]  # One line, orbax's own dropped.
+    assert warning.startswith("skipped damaged checkpoint")
+    assert str(tmp_path / "checkpoints" / "8") in warning and "\n" not in warning
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]  # The good one is kept.
+    reopened.save(8, _tree(8))  # The damaged step is written afresh, not skipped.
+    _assert_restored(reopened.restore(_template()), _tree(8))
+    reopened.close()
+
+
+def test_a_checkpoint_holding_a_nan_is_skipped_and_none_left_is_an_error(tmp_path, caplog):
+    checkpointer = checkpoint_lib.Checkpointer(str(tmp_path))
+    assert checkpointer.restore(_template()) is None  # No checkpoint: a fresh start.
+    bad = _tree(3)
+    bad["wall_time"] = np.asarray(np.nan, np.float64)
+    checkpointer.save(3, bad)
+    with caplog.at_level(logging.WARNING), pytest.raises(ValueError, match="no checkpoint in"):
+        checkpointer.restore(_template())
+    assert any("wall_time holds a NaN" in r.getMessage() for r in caplog.records)
+    assert os.listdir(tmp_path / "checkpoints") == ["3"]  # Kept: nothing to fall back to.
+    checkpointer.close()

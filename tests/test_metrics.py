@@ -50,3 +50,12 @@ def test_a_fresh_run_in_an_old_workdir_starts_an_empty_log(tmp_path):
     log.add(5, {"loss": 1.0})
     log.flush()
     assert metrics_lib.MetricsLog(str(tmp_path), resume_step=0).records() == []
+
+
+def test_a_half_written_last_line_is_dropped_on_resume(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
+    log = metrics_lib.MetricsLog(str(tmp_path), resume_step=2)
+    assert log.records() == [{"step": 1, "loss": 2.0}] == _lines(tmp_path)
+    log.add(2, {"loss": np.float32(np.nan)})  # Written as null: strict JSON.
+    log.flush()
+    assert (tmp_path / "metrics.jsonl").read_text().splitlines()[-1] == '{"step": 2, "loss": null}'
