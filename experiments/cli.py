@@ -11,12 +11,18 @@ builds the config back from the parsed values.
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Sequence
 from typing import NoReturn
 
-from absl import flags
+# TensorFlow (tfds's reader) logs its start-up at INFO/WARNING from C++; a one-line error
+# must not come after a screenful of it. Set before anything imports TensorFlow.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from edgefilter.training import config as config_lib
+from absl import flags  # noqa: E402
+
+from edgefilter.training import config as config_lib  # noqa: E402
 
 _DEFINE = {
     str: flags.DEFINE_string,
@@ -25,6 +31,24 @@ _DEFINE = {
     bool: flags.DEFINE_bool,
     tuple: flags.DEFINE_list,
 }
+
+
+def warn(message: str) -> None:
+    """Prints ``warning: message`` to stderr (the run goes on)."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def warn_foreign_flags(methods: Sequence[str]) -> None:
+    """One warning naming the given flags that none of ``methods`` uses (they are ignored).
+
+    Which flags belong to which methods is declared per field in ``config.py``
+    (``setting(..., methods=...)``, see ``config.foreign_flags``).
+    """
+    given = [f.name for f in config_lib.FLAGS if flags.FLAGS[f.name].present]
+    foreign = config_lib.foreign_flags(methods, given)
+    if foreign:
+        names = ", ".join(f"--{name}" for name in foreign)
+        warn(f"{names} ignored: not used by --method={','.join(dict.fromkeys(methods))}")
 
 
 def fail(message: str) -> NoReturn:

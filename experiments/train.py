@@ -23,8 +23,14 @@ from absl import app, flags, logging
 
 from edgefilter import data as data_lib
 from edgefilter.training import config as config_lib
-from edgefilter.training import divergence, loop
-from experiments.cli import config_from_flags, define_config_flags, fail, parse_flags
+from edgefilter.training import divergence, loop, preflight
+from experiments.cli import (
+    config_from_flags,
+    define_config_flags,
+    fail,
+    parse_flags,
+    warn_foreign_flags,
+)
 
 define_config_flags()  # One flag per setting of TrainConfig: --model ... --r_set ...
 flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, summary).")
@@ -42,9 +48,12 @@ def main(argv: list[str]) -> None:
     try:  # Everything that can be wrong with the input fails here, before any output.
         config = config_lib.resolve(config_from_flags())
         loop.check_resumable(config, FLAGS.workdir)
+        preflight.check_workdir(FLAGS.workdir)
         dataset = data_lib.load(config.dataset, config.data_dir)
+        preflight.check_run(config, dataset)  # Its warnings come from the loop.
     except (ValueError, data_lib.DataUnavailableError) as e:
         fail(str(e))
+    warn_foreign_flags([config.method])
     try:
         summary = loop.train_and_evaluate(
             config, FLAGS.workdir, dataset=dataset, show_progress=FLAGS.progress

@@ -25,11 +25,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from absl import logging
 from rich.console import Console
 from rich.progress import Progress
 
 from edgefilter import data as data_lib
-from edgefilter.training import accounting, divergence, runners
+from edgefilter.training import accounting, divergence, preflight, runners
 from edgefilter.training import checkpoint as checkpoint_lib
 from edgefilter.training import config as config_lib
 from edgefilter.training import metrics as metrics_lib
@@ -85,12 +86,6 @@ def check_resumable(config: config_lib.TrainConfig, workdir: str) -> None:
         )
 
 
-def _stream_length(config: config_lib.TrainConfig, num_train: int) -> int:
-    if config.steps is not None:
-        return config.steps * config.batch_size
-    return int(round(config.epochs * num_train))
-
-
 def initial_loop(state: train_lib.TrainState, runner: runners.Runner) -> dict[str, Any]:
     """A fresh loop state: the whole checkpointed pytree of a run at its start."""
     return {
@@ -126,17 +121,23 @@ def train_and_evaluate(
       The summary written to ``summary.json``, plus the final ``state`` (and ``filter``).
 
     Raises:
-      ValueError: for an invalid config. data.DataUnavailableError: when the dataset
-        cannot be had. Both happen before anything is written to ``workdir``.
+      ValueError: for an invalid config, a workdir that cannot be written or holds
+        another run, or data the run cannot train on (``training.preflight``).
+        data.DataUnavailableError: when the dataset cannot be had. All happen before
+        anything is written to ``workdir``.
       divergence.Diverged: the loss or the parameters became non-finite; the run
         stopped at once, ``summary.json`` says so (``"diverged"``) and no checkpoint
         holds a non-finite value.
     """
     config = config_lib.resolve(config)
+    check_resumable(config, workdir)
+    preflight.check_workdir(workdir)
     if dataset is None:
         dataset = data_lib.load(config.dataset, config.data_dir)
+    for warning in preflight.check_run(config, dataset):
+        logging.warning("%s", warning)
     num_train = len(dataset.train_images)
-    length = _stream_length(config, num_train)
+    length = preflight.stream_length(config, num_train)
     runner, state = runners.build_runner(config, dataset, length)
     loop, checkpointer = _open_workdir(config, workdir, initial_loop(state, runner))
     session = _Session(
