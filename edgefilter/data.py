@@ -569,9 +569,13 @@ def load(name: str, data_dir: str | None = None) -> Dataset:
 
     Raises:
       ValueError: ``name`` is not a known dataset.
-      DataUnavailableError: the data is missing or unreadable; the message says what to do.
+      TypeError: ``data_dir`` is not a path.
+      DataUnavailableError: the data is missing or unreadable, a split is empty, or a
+        label lies outside ``[0, num_classes)``; the message says what to do.
     """
     _check_name(name)
+    if data_dir is not None and not isinstance(data_dir, str | os.PathLike):
+        raise TypeError(f"data_dir must be a folder path or None, got {data_dir!r}.")
     if name.startswith(IDX_PREFIX):
         folder = name[len(IDX_PREFIX) :]
         return _load_idx_folder(folder, None, "pass an existing folder after 'idx:'.")

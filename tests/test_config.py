@@ -1,6 +1,7 @@
 """Tests of edgefilter.training.config: the paper's defaults, validation, and the flags."""
 
 import jax
+import numpy as np
 import pytest
 
 from edgefilter.method import emp
@@ -316,12 +317,14 @@ def test_bad_flag_values_are_rejected_naming_the_flag(values, message):
         (lambda: EmpConfig(policy="random"), "policy='random' must be one of topk, threshold"),
         (lambda: EmpConfig(keep_ratio=1.5), "keep_ratio=1.5 must lie in (0, 1]"),
         (lambda: EmpConfig(threshold=-1.0), "threshold=-1.0 must be a finite number >= 0"),
+        (lambda: EmpConfig(keep_ratio=np.array([0.5])), "keep_ratio=array([0.5]) must lie"),
+        (lambda: EmpConfig(first_layer="no"), "first_layer='no' must be True or False"),
     ],
 )
 def test_emp_config_names_its_own_field(make, message):
-    with pytest.raises(ValueError) as info:
+    with pytest.raises((ValueError, TypeError)) as info:
         make()
-    assert str(info.value) == message
+    assert str(info.value).startswith(message)
 
 
 def test_every_flag_has_a_value_once_resolved():

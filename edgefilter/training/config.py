@@ -121,6 +121,8 @@ class EmpConfig:
     def __post_init__(self) -> None:
         if self.policy not in EMP_POLICIES:
             raise ValueError(f"policy={self.policy!r} must be one of {', '.join(EMP_POLICIES)}")
+        if not isinstance(self.first_layer, bool):
+            raise TypeError(f"first_layer={self.first_layer!r} must be True or False")
         emp.TopK(self.keep_ratio, self.gamma1, self.gamma2)
         emp.Threshold(self.threshold, self.gamma1, self.gamma2)
 
