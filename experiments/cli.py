@@ -11,10 +11,11 @@ builds the config back from the parsed values.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 # TensorFlow (tfds's reader) logs its start-up at INFO/WARNING from C++; a one-line error
 # must not come after a screenful of it. Set before anything imports TensorFlow.
@@ -23,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import flags  # noqa: E402
 
 from edgefilter.training import config as config_lib  # noqa: E402
+from edgefilter.training import preflight  # noqa: E402
 
 _DEFINE = {
     str: flags.DEFINE_string,
@@ -75,3 +77,58 @@ def define_config_flags() -> None:
 def config_from_flags() -> config_lib.TrainConfig:
     """The TrainConfig of the parsed flags; ValueError names a bad flag's value."""
     return config_lib.from_flags({f.name: flags.FLAGS[f.name].value for f in config_lib.FLAGS})
+
+
+# --- Checks of the benchmarks' own flags, run when the flags are parsed (exit 2) -------------
+
+
+def check_flag(name: str, ok: Callable[[Any], bool], allowed: str) -> None:
+    """Registers ``ok`` as the validator of flag ``name`` (None, its unset value, passes).
+
+    A value it refuses (or that makes it raise) fails parsing: one line naming the flag,
+    the value and ``allowed``, exit status 2 (:func:`parse_flags`).
+    """
+
+    def validator(value: Any) -> bool:
+        try:
+            return value is None or bool(ok(value))
+        except (TypeError, ValueError):
+            return False
+
+    flags.register_validator(name, validator, message=f"allowed: {allowed}")
+
+
+def finite_in(low: float, high: float, *, closed_high: bool = True) -> Callable[[Any], bool]:
+    """A check that a number (or each number of a list flag) is finite in (low, high]."""
+
+    def ok(value: Any) -> bool:
+        values = value if isinstance(value, list) else [value]
+        return bool(values) and all(
+            math.isfinite(float(v))
+            and low < float(v)
+            and (float(v) <= high if closed_high else float(v) < high)
+            for v in values
+        )
+
+    return ok
+
+
+def distinct_choices(choices: Sequence[str]) -> Callable[[list[str]], bool]:
+    """A check that a list flag is non-empty, each entry one of ``choices``, none repeated."""
+    return lambda values: (
+        bool(values) and len(set(values)) == len(values) and set(values) <= set(choices)
+    )
+
+
+def writable_file(path: str) -> bool:
+    """Whether ``path`` can be written: its folder is, or can be made, a writable folder."""
+    if os.path.isdir(path):
+        return False
+    preflight.check_workdir(os.path.dirname(os.path.abspath(path)))
+    return True
+
+
+def writable_folder(path: str) -> bool:
+    """Whether ``path`` is, or can be made, a writable folder."""
+    preflight.check_workdir(path)
+    return True
