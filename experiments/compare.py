@@ -21,8 +21,8 @@ from absl import app, flags, logging
 
 from edgefilter import data as data_lib
 from edgefilter.reporting import comparison
+from edgefilter.training import checkpoint, divergence, loop, preflight
 from edgefilter.training import config as config_lib
-from edgefilter.training import divergence, loop, preflight
 from experiments import cli
 from experiments import train as train_cli
 
@@ -68,6 +68,8 @@ def main(argv: list[str]) -> None:
     except divergence.Diverged as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3)
+    except checkpoint.NoGoodCheckpoint as e:  # Every checkpoint of the workdir is damaged.
+        cli.fail(str(e))
     except OSError as e:
         train_cli.fail_io(e)
     with open(os.path.join(FLAGS.workdir, "comparison.md")) as f:

@@ -22,8 +22,8 @@ import sys
 from absl import app, flags, logging
 
 from edgefilter import data as data_lib
+from edgefilter.training import checkpoint, divergence, loop, preflight
 from edgefilter.training import config as config_lib
-from edgefilter.training import divergence, loop, preflight
 from experiments.cli import (
     config_from_flags,
     define_config_flags,
@@ -61,6 +61,8 @@ def main(argv: list[str]) -> None:
     except divergence.Diverged as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3)
+    except checkpoint.NoGoodCheckpoint as e:  # Every checkpoint of the workdir is damaged.
+        fail(str(e))
     except OSError as e:
         fail_io(e)
     print(

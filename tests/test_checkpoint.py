@@ -142,7 +142,10 @@ def test_a_checkpoint_holding_a_nan_is_skipped_and_none_left_is_an_error(tmp_pat
     bad = _tree(3)
     bad["wall_time"] = np.asarray(np.nan, np.float64)
     checkpointer.save(3, bad)
-    with caplog.at_level(logging.WARNING), pytest.raises(ValueError, match="no checkpoint in"):
+    with (
+        caplog.at_level(logging.WARNING),
+        pytest.raises(checkpoint_lib.NoGoodCheckpoint, match="no checkpoint in"),
+    ):
         checkpointer.restore(_template())
     assert any("wall_time holds a NaN" in r.getMessage() for r in caplog.records)
     assert os.listdir(tmp_path / "checkpoints") == ["3"]  # Kept: nothing to fall back to.

@@ -101,6 +101,10 @@ def _verify(folder: str) -> None:
             raise ValueError(f"{name} changed since it was written (CRC-32 mismatch)")
 
 
+class NoGoodCheckpoint(ValueError):
+    """A workdir has checkpoints, but none restores cleanly."""
+
+
 class Checkpointer:
     """Saves and restores loop-state pytrees under ``<workdir>/checkpoints``.
 
@@ -136,7 +140,7 @@ class Checkpointer:
         can be written again). Returns None when there is no checkpoint.
 
         Raises:
-          ValueError: there are checkpoints but none restores (nothing is removed: a
+          NoGoodCheckpoint: there are checkpoints but none restores (nothing is removed: a
             template that no longer matches, after a code change, fails them all).
         """
         with _orbax_quiet():
@@ -165,7 +169,7 @@ class Checkpointer:
             self._manager.reload()
             return tree
         if skipped:
-            raise ValueError(
+            raise NoGoodCheckpoint(
                 f"no checkpoint in {self.directory} restores; the newest: {skipped[0]}; move "
                 "the folder away to start the run afresh"
             )

@@ -170,8 +170,7 @@ def train_and_evaluate(
 def _open_workdir(
     config: config_lib.TrainConfig, workdir: str, loop: dict[str, Any]
 ) -> tuple[dict[str, Any], checkpoint_lib.Checkpointer]:
-    """Checks that ``workdir`` holds no other run, records the config, restores the loop."""
-    check_resumable(config, workdir)
+    """Records the config (``workdir`` was checked to hold no other run), restores the loop."""
     os.makedirs(workdir, exist_ok=True)
     _write_json_atomic(os.path.join(workdir, "config.json"), config_lib.as_flags(config))
     checkpointer = checkpoint_lib.Checkpointer(workdir)
