@@ -36,14 +36,16 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
 import math
 import os
 import struct
+import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -410,12 +412,30 @@ def _prepare_hint(name: str, data_dir: str | None) -> str:
     )
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Sends file descriptor 2 to /dev/null for the block: TensorFlow's C++ start-up lines
+    ("oneDNN custom operations are on", absl's "before InitializeLog") are written there
+    on import, whatever ``TF_CPP_MIN_LOG_LEVEL`` says, and would come before a command's
+    one-line error. Python exceptions raised in the block are unaffected."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _load_tfds(name: str, data_dir: str | None) -> Dataset | None:
     """Reads both splits of a tfds dataset into memory; None if it is not prepared."""
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
+    with _quiet_stderr():
+        import tensorflow as tf
+        import tensorflow_datasets as tfds
 
-    builder = tfds.builder(name, data_dir=data_dir)
+        builder = tfds.builder(name, data_dir=data_dir)
     arrays = []
     for split in ("train", "test"):
         try:
@@ -505,7 +525,8 @@ class _LazyColumn:
 
 def _load_imagenet(data_dir: str | None) -> Dataset:
     """Opens a prepared (array_record) imagenet2012 lazily through ``tfds.data_source``."""
-    import tensorflow_datasets as tfds
+    with _quiet_stderr():
+        import tensorflow_datasets as tfds
 
     name, size = "imagenet2012", IMAGENET_IMAGE_SIZE
     builder = tfds.builder(name, data_dir=data_dir)
