@@ -30,6 +30,26 @@ flattens a config into ``{flag: value}`` (what ``config.json`` and ``summary.jso
 record) and :func:`from_flags` builds one back, naming the flag in its errors
 (``--eif_window=0 is invalid: must be a positive integer``) where the nested classes name
 their field (``window=0 must be a positive integer``).
+
+**Which flags belong to which methods** is declared with the field, once
+(``setting(..., methods=...)``; a nested config's field declares it for all of its
+flags), and :func:`foreign_flags` reads it back:
+
+==========================================  ======================================
+flags                                        methods
+==========================================  ======================================
+``TrainConfig.filter`` (``--r_set``,         ``EIF_METHODS``: eif, eif_emp
+``--eif_*``, ``--alpha1`` ...),
+``--filter_*``, ``--eif_batch_size``,
+``--eif_probe_size``, ``--eif_random_probes``
+``TrainConfig.emp`` (``--emp_*``,            ``EMP_METHODS``: emp, eif_emp
+``--gamma1``, ``--gamma2``)
+every other flag                             every method
+==========================================  ======================================
+
+A new method's flag adds its owners in its ``setting``. Values are validated whatever
+the method (a bad value is an error even where it would be ignored); a flag given with
+a method that does not use it is ignored with a warning on the command line.
 """
 
 from __future__ import annotations
