@@ -1,5 +1,6 @@
 """Tests of edgefilter.checkpoint: round trips of loop-state pytrees through orbax."""
 
+import errno
 import logging
 import os
 import shutil
@@ -149,4 +150,17 @@ def test_a_checkpoint_holding_a_nan_is_skipped_and_none_left_is_an_error(tmp_pat
         checkpointer.restore(_template())
     assert any("wall_time holds a NaN" in r.getMessage() for r in caplog.records)
     assert os.listdir(tmp_path / "checkpoints") == ["3"]  # Kept: nothing to fall back to.
+    checkpointer.close()
+
+
+def test_a_save_without_room_on_the_disk_is_an_enospc_naming_the_folder(tmp_path, monkeypatch):
+    checkpointer = checkpoint_lib.Checkpointer(str(tmp_path))
+    checkpointer.save(4, _tree(4))
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1 << 20))
+    with pytest.raises(OSError) as info:  # Orbax would have spilled tracebacks, then failed.
+        checkpointer.save(8, _tree(8))
+    assert info.value.errno == errno.ENOSPC
+    assert info.value.filename == str(tmp_path / "checkpoints")
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]  # Nothing half-written.
     checkpointer.close()

@@ -23,6 +23,7 @@ checkpoint is never replaced by a diverged one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging as std_logging
 import os
@@ -31,6 +32,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -55,6 +57,8 @@ def _orbax_quiet() -> Iterator[None]:
 
 
 _MANIFEST = "edgefilter_manifest.json"
+# Room a save needs beyond the tree's bytes (orbax's metadata, OCDBT's manifests).
+_ROOM_FACTOR, _ROOM_BYTES = 1.1, 1 << 20
 
 
 def _files(folder: str) -> dict[str, tuple[int, int]]:
@@ -176,11 +180,32 @@ class Checkpointer:
         return None
 
     def save(self, step: int, tree: Any) -> None:
-        """Writes ``tree`` as the checkpoint of ``step`` (a step saved already is kept)."""
+        """Writes ``tree`` as the checkpoint of ``step`` (a step saved already is kept).
+
+        Raises:
+          OSError: ``ENOSPC`` naming the checkpoints folder, when the disk has less room
+            than the tree's bytes (checked before orbax writes anything: orbax's own
+            failure is a ValueError and a burst of tracebacks from its threads), or
+            when orbax's write fails for lack of space.
+        """
         if step in self._manager.all_steps():
             return
-        self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
-        self._manager.wait_until_finished()
+        needed = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree.leaves(tree))
+        free = shutil.disk_usage(self.directory).free
+        if free < needed * _ROOM_FACTOR + _ROOM_BYTES:
+            raise OSError(
+                errno.ENOSPC,
+                f"{free} bytes free, a checkpoint needs about {needed}",
+                self.directory,
+            )
+        try:
+            with _orbax_quiet():
+                self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
+                self._manager.wait_until_finished()
+        except ValueError as e:  # tensorstore's errors reach us as ValueError.
+            if "No space left on device" in str(e) or "os_error_code='28'" in str(e):
+                raise OSError(errno.ENOSPC, "No space left on device", self.directory) from e
+            raise
         _write_manifest(self.path(step))
 
     def close(self) -> None:
