@@ -57,6 +57,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import numbers
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -342,12 +343,9 @@ def _check_choices(config: TrainConfig) -> None:
         _fail("dataset", config.dataset, f"choose one of {known} or idx:/path/to/folder")
     if config.method not in METHODS:
         _fail("method", config.method, f"choose one of {', '.join(METHODS)}")
-    if (
-        isinstance(config.seed, bool)
-        or not isinstance(config.seed, int)
-        or not (0 <= config.seed < 2**32)
-    ):
-        _fail("seed", config.seed, "must be an integer in [0, 2**32)")
+    seed = config.seed
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+        _fail("seed", seed, "must be an integer in [0, 2**32)")
     if config.bits not in BITS:
         _fail("bits", config.bits, f"choose one of {', '.join(map(str, BITS))}")
     if config.filter_model is not None and config.filter_model not in models.MODEL_NAMES:
