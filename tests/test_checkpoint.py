@@ -1,6 +1,7 @@
 """Tests of edgefilter.checkpoint: round trips of loop-state pytrees through orbax."""
 
 import errno
+import json
 import logging
 import os
 import shutil
@@ -14,6 +15,8 @@ import pytest
 
 from edgefilter import models
 from edgefilter.training import checkpoint as checkpoint_lib
+from edgefilter.training import config as config_lib
+from edgefilter.training import loop
 from edgefilter.training import steps as train_lib
 from edgefilter.training import stream as stream_lib
 
@@ -164,3 +167,28 @@ def test_a_save_without_room_on_the_disk_is_an_enospc_naming_the_folder(tmp_path
     assert info.value.filename == str(tmp_path / "checkpoints")
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]  # Nothing half-written.
     checkpointer.close()
+
+
+def test_a_run_resumes_past_its_damaged_newest_checkpoint_to_the_same_parameters(
+    tmp_path, tiny_dataset
+):
+    """Through the training loop: the damaged newest checkpoint (4) is skipped, the run
+    resumes from 2, replays steps 3-4 and ends with the parameters it had before."""
+    config = config_lib.TrainConfig(
+        model="lenet_slim",
+        dataset="fashion_mnist",
+        steps=4,
+        batch_size=32,
+        checkpoint_every_steps=2,
+        eval_batch_size=100,
+    )
+    workdir = tmp_path / "run"
+    first = loop.train_and_evaluate(config, str(workdir), dataset=tiny_dataset, show_progress=False)
+    _truncate_data_files(workdir / "checkpoints" / "4")
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')  # A line cut short.
+    again = loop.train_and_evaluate(config, str(workdir), dataset=tiny_dataset, show_progress=False)
+    chex.assert_trees_all_equal(again["state"].params, first["state"].params)
+    with open(workdir / "metrics.jsonl") as f:
+        steps = [json.loads(line)["step"] for line in f if '"loss"' in line]
+    assert steps == [1, 2, 3, 4]  # Replayed once, the cut line gone.
