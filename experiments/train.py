@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import sys
+from typing import NoReturn
 
 from absl import app, flags, logging
 
@@ -73,7 +74,7 @@ def main(argv: list[str]) -> None:
     )
 
 
-def fail_io(error: OSError) -> None:
+def fail_io(error: OSError) -> NoReturn:
     """One line naming the path that could not be written (a full disk), exit status 1."""
     where = error.filename or "the workdir"
     reason = "the disk is full" if error.errno == errno.ENOSPC else error.strerror or str(error)
