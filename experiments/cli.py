@@ -6,7 +6,11 @@ absl exits with status 1 when a flag does not parse; edgefilter's commands exit 
 The run's flags are not written here: :func:`define_config_flags` defines one absl flag
 per entry of ``edgefilter.training.config.FLAGS`` (each a field of the nested
 ``TrainConfig``, with the field's default and help), and :func:`config_from_flags`
-builds the config back from the parsed values.
+builds the config back from the parsed values. :func:`warn_foreign_flags` names the
+given flags the selected methods do not use (one ``warning:`` line; they are ignored).
+The benchmarks' own flags are checked as they are parsed (:func:`check_flag`, with
+:func:`finite_in`, :func:`distinct_choices`, :func:`writable_file`,
+:func:`writable_folder`), so a bad value exits 2 before minutes of work.
 """
 
 from __future__ import annotations
