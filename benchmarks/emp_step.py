@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from edgefilter import backends
+from edgefilter import backends, models
 from edgefilter import data as data_lib
 from edgefilter.method import emp, flops
 from edgefilter.training import config as config_lib
@@ -34,6 +34,13 @@ flags.DEFINE_integer("steps", 20, "Steps per timed round.", lower_bound=1)
 flags.DEFINE_integer("repeats", 7, "Timed rounds per variant (median reported).", lower_bound=1)
 flags.DEFINE_list("networks", ["resnet20", "lenet"], "Networks to benchmark.")
 flags.DEFINE_string("output", None, "Optional JSON output file.")
+cli.check_flag("keeps", cli.finite_in(0.0, 1.0), "keep ratios in (0, 1], comma-separated")
+cli.check_flag(
+    "networks",
+    cli.distinct_choices(models.MODEL_NAMES),
+    ", ".join(models.MODEL_NAMES) + ", once each",
+)
+cli.check_flag("output", cli.writable_file, "a file path in a writable folder")
 FLAGS = flags.FLAGS
 
 SETTINGS = {  # name: (dataset for shapes and defaults, batch size)

@@ -54,6 +54,12 @@ flags.DEFINE_integer("rounds", 5, "Rounds; every number is the median over them.
 flags.DEFINE_bool("host_queue", True, "Also time the filtered methods' host-queue runner.")
 flags.DEFINE_bool("rolled", True, "Also time SGD's block with its scan not unrolled.")
 flags.DEFINE_string("output", "", "Write the results as JSON here.")
+cli.check_flag(
+    "methods", cli.distinct_choices(("eif", "eif_emp", "emp")), "eif, eif_emp, emp, once each"
+)
+cli.check_flag(
+    "output", lambda p: p == "" or cli.writable_file(p), "a file path in a writable folder"
+)
 
 
 class _Variant:

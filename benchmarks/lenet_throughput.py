@@ -32,6 +32,7 @@ flags.DEFINE_integer("steps", 200, "Training steps per timed round.", lower_boun
 flags.DEFINE_integer("rounds", 5, "Timed rounds per framework (median is reported).", lower_bound=1)
 flags.DEFINE_integer("threads", 0, "Threads for PyTorch (0: its default).", lower_bound=0)
 flags.DEFINE_string("output", None, "Optional JSON file for the result.")
+cli.check_flag("output", cli.writable_file, "a file path in a writable folder")
 FLAGS = flags.FLAGS
 
 

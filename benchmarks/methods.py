@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 
@@ -56,6 +57,14 @@ flags.DEFINE_integer(
     lower_bound=1,
 )
 flags.DEFINE_bool("torch", True, "Also time PyTorch CPU eager LeNet SGD (needs torch).")
+cli.check_flag("lenet_epochs", cli.finite_in(0.0, math.inf), "a finite number of epochs > 0")
+cli.check_flag(
+    "variants",
+    cli.distinct_choices(tuple(comparison.VARIANTS)),
+    ", ".join(comparison.VARIANTS) + ", once each",
+)
+cli.check_flag("workdir", cli.writable_folder, "a folder that can be written (it is wiped)")
+cli.check_flag("results_dir", cli.writable_folder, "a folder that can be written")
 FLAGS = flags.FLAGS
 
 

@@ -36,14 +36,16 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
 import math
 import os
 import struct
+import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -60,6 +62,7 @@ __all__ = [
     "Dataset",
     "DatasetInfo",
     "augment_cifar",
+    "check_labels",
     "epoch_permutation",
     "info",
     "load",
@@ -338,17 +341,63 @@ def _load_idx_folder(folder: str, dataset_info: DatasetInfo | None, hint: str) -
             f"IDX folder {folder}: train images are {train_images.shape[1:]} but test images "
             f"are {test_images.shape[1:]}."
         )
+    for split, labels in (("train", train_labels), ("test", test_labels)):
+        if not labels.size:
+            stem = _IDX_FILES[split][1]
+            raise DataUnavailableError(
+                f"IDX folder {folder}: the {split} split ({stem}) is empty; training and "
+                "evaluation need at least one instance each."
+            )
     if dataset_info is None:
-        all_labels = np.concatenate([train_labels, test_labels])
         mean, std = _pixel_statistics(train_images)
         dataset_info = DatasetInfo(
             name=IDX_PREFIX + folder,
-            num_classes=int(all_labels.max()) + 1 if all_labels.size else 10,
+            num_classes=_idx_num_classes(folder, train_labels, test_labels),
             image_shape=tuple(int(d) for d in train_images.shape[1:]),
             mean=mean,
             std=std,
         )
-    return Dataset(dataset_info, train_images, train_labels, test_images, test_labels)
+    dataset = Dataset(dataset_info, train_images, train_labels, test_images, test_labels)
+    check_labels(dataset, f"IDX folder {folder}")
+    return dataset
+
+
+def _idx_num_classes(folder: str, train_labels: np.ndarray, test_labels: np.ndarray) -> int:
+    """The class count of an IDX folder: its largest label + 1, every class present.
+
+    IDX files declare no class count, so it is inferred from the labels; a label that
+    leaves a class below it absent from both splits (one stray 255 among the digits
+    0-9 would make a 256-way classifier with 246 classes never seen) is refused.
+    """
+    present = np.union1d(np.unique(train_labels), np.unique(test_labels))
+    num_classes = int(present[-1]) + 1
+    if len(present) < num_classes:
+        missing = sorted(set(range(num_classes)) - set(present.tolist()))
+        shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+        raise DataUnavailableError(
+            f"IDX folder {folder}: label {num_classes - 1} implies {num_classes} classes, but "
+            f"{len(missing)} of them ({shown}) occur in neither split; labels must be the "
+            "classes 0 .. K-1, each present (a stray label is a damaged file)."
+        )
+    return num_classes
+
+
+def check_labels(dataset: Dataset, where: str) -> None:
+    """Raises DataUnavailableError if a label lies outside ``[0, num_classes)``.
+
+    ``where`` names the data in the message. Lazily read splits (ImageNet) are not
+    scanned.
+    """
+    num_classes = dataset.info.num_classes
+    for split, labels in (("train", dataset.train_labels), ("test", dataset.test_labels)):
+        if not isinstance(labels, np.ndarray) or not labels.size:
+            continue
+        bad = labels[(labels < 0) | (labels >= num_classes)]
+        if bad.size:
+            raise DataUnavailableError(
+                f"{where}: the {split} split has label {int(bad[0])} ({bad.size} such), "
+                f"outside [0, {num_classes}) for its {num_classes} classes."
+            )
 
 
 # --------------------------------------------------------------------------- tfds
@@ -363,12 +412,30 @@ def _prepare_hint(name: str, data_dir: str | None) -> str:
     )
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Sends file descriptor 2 to /dev/null for the block: TensorFlow's C++ start-up lines
+    ("oneDNN custom operations are on", absl's "before InitializeLog") are written there
+    on import, whatever ``TF_CPP_MIN_LOG_LEVEL`` says, and would come before a command's
+    one-line error. Python exceptions raised in the block are unaffected."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _load_tfds(name: str, data_dir: str | None) -> Dataset | None:
     """Reads both splits of a tfds dataset into memory; None if it is not prepared."""
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
+    with _quiet_stderr():
+        import tensorflow as tf
+        import tensorflow_datasets as tfds
 
-    builder = tfds.builder(name, data_dir=data_dir)
+        builder = tfds.builder(name, data_dir=data_dir)
     arrays = []
     for split in ("train", "test"):
         try:
@@ -394,7 +461,14 @@ def _load_tfds(name: str, data_dir: str | None) -> Dataset | None:
         shape = (0, *_INFOS[name].image_shape)
         arrays.append(np.concatenate(images) if images else np.zeros(shape, np.uint8))
         arrays.append(np.concatenate(labels).astype(np.int32) if labels else np.zeros(0, np.int32))
-    return Dataset(_INFOS[name], *arrays)
+        if not arrays[-1].size:
+            raise DataUnavailableError(
+                f"tfds copy of {name!r} has an empty {split} split; prepare it again with "
+                f"`tfds build {name} --data_dir=DIR`."
+            )
+    dataset = Dataset(_INFOS[name], *arrays)
+    check_labels(dataset, f"tfds copy of {name!r}")
+    return dataset
 
 
 def _resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -451,7 +525,8 @@ class _LazyColumn:
 
 def _load_imagenet(data_dir: str | None) -> Dataset:
     """Opens a prepared (array_record) imagenet2012 lazily through ``tfds.data_source``."""
-    import tensorflow_datasets as tfds
+    with _quiet_stderr():
+        import tensorflow_datasets as tfds
 
     name, size = "imagenet2012", IMAGENET_IMAGE_SIZE
     builder = tfds.builder(name, data_dir=data_dir)
@@ -498,8 +573,12 @@ def load(name: str, data_dir: str | None = None) -> Dataset:
       (shorter side, bilinear with antialiasing, then centre crop); the test split is
       tfds's ``validation`` split.
     * ``idx:<folder>``: the four MNIST-format IDX files in the folder, raw or gzipped,
-      in tfds order (:func:`tfds_record_order`); ``num_classes`` is the largest label + 1
-      (10 when there are no labels), mean/std are computed over the training pixels.
+      in tfds order (:func:`tfds_record_order`); ``num_classes`` is the largest label + 1,
+      and every class below it must occur in one of the splits (a stray label is
+      refused); mean/std are computed over the training pixels.
+
+    Every label must lie in ``[0, num_classes)`` (the dataset's declared count for the
+    named datasets) and neither split may be empty.
 
     Args:
       name: one of :data:`KNOWN_DATASETS` or ``"idx:<folder>"``.
@@ -511,9 +590,13 @@ def load(name: str, data_dir: str | None = None) -> Dataset:
 
     Raises:
       ValueError: ``name`` is not a known dataset.
-      DataUnavailableError: the data is missing or unreadable; the message says what to do.
+      TypeError: ``data_dir`` is not a path.
+      DataUnavailableError: the data is missing or unreadable, a split is empty, or a
+        label lies outside ``[0, num_classes)``; the message says what to do.
     """
     _check_name(name)
+    if data_dir is not None and not isinstance(data_dir, str | os.PathLike):
+        raise TypeError(f"data_dir must be a folder path or None, got {data_dir!r}.")
     if name.startswith(IDX_PREFIX):
         folder = name[len(IDX_PREFIX) :]
         return _load_idx_folder(folder, None, "pass an existing folder after 'idx:'.")

@@ -7,17 +7,21 @@ The main job (README): LeNet on the offline Fashion-MNIST, EIF+EMP against SGD:
 See ``edgefilter.reporting.comparison`` for what the table holds and the variants there are.
 Every flag of ``experiments.train`` applies to all variants (``--epochs``, ``--bits``,
 ``--r_set``, ...). The table is printed and written to ``<workdir>/comparison.md`` and
-``comparison.json``.
+``comparison.json``. Exit statuses as ``experiments.train``'s: 2 for bad input (every
+variant's settings, its workdir and the data are checked before the first trains), 3
+when a variant diverges.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags, logging
 
 from edgefilter import data as data_lib
 from edgefilter.reporting import comparison
+from edgefilter.training import checkpoint, divergence, loop, preflight
 from edgefilter.training import config as config_lib
 from experiments import cli
 from experiments import train as train_cli
@@ -39,18 +43,35 @@ def main(argv: list[str]) -> None:
     if not FLAGS.workdir:
         cli.fail("--workdir is required: the directory for the runs and the table")
     if FLAGS.merge:
-        print(comparison.merge(FLAGS.merge, FLAGS.workdir))
+        try:
+            print(comparison.merge(FLAGS.merge, FLAGS.workdir))
+        except (OSError, ValueError, KeyError) as e:  # A workdir without its table.
+            cli.fail(f"--merge={','.join(FLAGS.merge)!r}: cannot merge: {e}")
         return
-    try:
+    try:  # Every variant's settings, workdir and data are checked before any trains.
         comparison.check_variants(FLAGS.variants)
         base = config_lib.resolve(train_cli.config_from_flags())
-        for name in FLAGS.variants:
-            config_lib.validate(comparison.variant(base, name))
+        preflight.check_workdir(FLAGS.workdir)
         dataset = data_lib.load(base.dataset, base.data_dir)
+        configs = [config_lib.resolve(comparison.variant(base, v)) for v in FLAGS.variants]
+        for name, config in zip(FLAGS.variants, configs, strict=True):
+            loop.check_resumable(config, os.path.join(FLAGS.workdir, name))
+            preflight.check_run(config, dataset)
     except (ValueError, data_lib.DataUnavailableError) as e:
         cli.fail(str(e))
+    cli.warn_foreign_flags([config.method for config in configs])
     os.makedirs(FLAGS.workdir, exist_ok=True)
-    comparison.compare(base, FLAGS.variants, FLAGS.workdir, dataset, show_progress=FLAGS.progress)
+    try:
+        comparison.compare(
+            base, FLAGS.variants, FLAGS.workdir, dataset, show_progress=FLAGS.progress
+        )
+    except divergence.Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    except checkpoint.NoGoodCheckpoint as e:  # Every checkpoint of the workdir is damaged.
+        cli.fail(str(e))
+    except OSError as e:
+        train_cli.fail_io(e)
     with open(os.path.join(FLAGS.workdir, "comparison.md")) as f:
         print(f.read())
 

@@ -8,17 +8,30 @@ nested in it included, is a flag (``edgefilter.training.config.FLAGS``; ``--help
 them); unset hyper-parameters take the paper's settings for the model and dataset.
 Re-running with the same ``--workdir`` resumes the run from its latest checkpoint. A bad
 flag value or a dataset that cannot be had ends with one line on stderr naming the
-problem and exit status 2, before anything is written.
+problem and exit status 2, before anything is written. A run whose loss or parameters
+become non-finite stops at once with one line and exit status 3 (``summary.json`` says
+where; the last checkpoint is the last finite state). An error writing the workdir (a
+full disk) ends with one line naming the path and exit status 1.
 """
 
 from __future__ import annotations
 
+import errno
+import sys
+from typing import NoReturn
+
 from absl import app, flags, logging
 
 from edgefilter import data as data_lib
+from edgefilter.training import checkpoint, divergence, loop, preflight
 from edgefilter.training import config as config_lib
-from edgefilter.training import loop
-from experiments.cli import config_from_flags, define_config_flags, fail, parse_flags
+from experiments.cli import (
+    config_from_flags,
+    define_config_flags,
+    fail,
+    parse_flags,
+    warn_foreign_flags,
+)
 
 define_config_flags()  # One flag per setting of TrainConfig: --model ... --r_set ...
 flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, summary).")
@@ -36,18 +49,37 @@ def main(argv: list[str]) -> None:
     try:  # Everything that can be wrong with the input fails here, before any output.
         config = config_lib.resolve(config_from_flags())
         loop.check_resumable(config, FLAGS.workdir)
+        preflight.check_workdir(FLAGS.workdir)
         dataset = data_lib.load(config.dataset, config.data_dir)
+        preflight.check_run(config, dataset)  # Its warnings come from the loop.
     except (ValueError, data_lib.DataUnavailableError) as e:
         fail(str(e))
-    summary = loop.train_and_evaluate(
-        config, FLAGS.workdir, dataset=dataset, show_progress=FLAGS.progress
-    )
+    warn_foreign_flags([config.method])
+    try:
+        summary = loop.train_and_evaluate(
+            config, FLAGS.workdir, dataset=dataset, show_progress=FLAGS.progress
+        )
+    except divergence.Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    except checkpoint.NoGoodCheckpoint as e:  # Every checkpoint of the workdir is damaged.
+        fail(str(e))
+    except OSError as e:
+        fail_io(e)
     print(
         f"{config.method} {config.model} on {config.dataset}: test accuracy "
         f"{summary['test_accuracy']:.4f}, {summary['instances_trained']} of "
         f"{summary['instances_streamed']} instances trained, "
         f"{summary['wall_time_s']:.1f} s -> {FLAGS.workdir}/summary.json"
     )
+
+
+def fail_io(error: OSError) -> NoReturn:
+    """One line naming the path that could not be written (a full disk), exit status 1."""
+    where = error.filename or "the workdir"
+    reason = "the disk is full" if error.errno == errno.ENOSPC else error.strerror or str(error)
+    print(f"error: cannot write {where}: {reason}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

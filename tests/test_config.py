@@ -1,6 +1,7 @@
 """Tests of edgefilter.training.config: the paper's defaults, validation, and the flags."""
 
 import jax
+import numpy as np
 import pytest
 
 from edgefilter.method import emp
@@ -292,12 +293,12 @@ def test_bad_values_are_rejected_with_one_clear_message(kwargs, message):
         (dict(gamma1=-1.0), "--gamma1=-1.0 is invalid: must be a finite number >= 0"),
         (dict(gamma1=0.0, gamma2=0.0), "gamma1=0.0 and gamma2=0.0 must not both be 0"),
         (dict(r_set=1.0), "--r_set=1.0 is invalid: must lie in (0, 1)"),
-        (dict(alpha1=0.5), "--alpha1=0.5 is invalid: must be >= 1"),
+        (dict(alpha1=0.5), "--alpha1=0.5 is invalid: must be a finite number >= 1"),
         (dict(alpha2=1.5), "--alpha2=1.5 is invalid: must lie in (0, 1]"),
         (dict(eif_window=0), "--eif_window=0 is invalid: must be a positive integer"),
         (dict(eif_label_rate=1.0), "--eif_label_rate=1.0 is invalid: must lie in (0, 1)"),
-        (dict(entropy_threshold=-1.0), "--entropy_threshold=-1.0 is invalid: must be >= 0"),
-        (dict(init_threshold=0.0), "--init_threshold=0.0 is invalid: must be > 0"),
+        (dict(entropy_threshold=-1.0), "--entropy_threshold=-1.0 is invalid: must lie in [0, ln 2"),
+        (dict(init_threshold=0.0), "--init_threshold=0.0 is invalid: must be a finite number > 0"),
         (dict(eif_control="topk"), "--eif_control='topk' is invalid: must be one of quantile, "),
         (dict(lr_boundaries="0.5,x"), "--lr_boundaries='0.5,x' is invalid: comma-separated"),
         (dict(eif_windows=3), "unknown flags ['eif_windows']; the flags are model, dataset"),
@@ -316,12 +317,14 @@ def test_bad_flag_values_are_rejected_naming_the_flag(values, message):
         (lambda: EmpConfig(policy="random"), "policy='random' must be one of topk, threshold"),
         (lambda: EmpConfig(keep_ratio=1.5), "keep_ratio=1.5 must lie in (0, 1]"),
         (lambda: EmpConfig(threshold=-1.0), "threshold=-1.0 must be a finite number >= 0"),
+        (lambda: EmpConfig(keep_ratio=np.array([0.5])), "keep_ratio=array([0.5]) must lie"),
+        (lambda: EmpConfig(first_layer="no"), "first_layer='no' must be True or False"),
     ],
 )
 def test_emp_config_names_its_own_field(make, message):
-    with pytest.raises(ValueError) as info:
+    with pytest.raises((ValueError, TypeError)) as info:
         make()
-    assert str(info.value) == message
+    assert str(info.value).startswith(message)
 
 
 def test_every_flag_has_a_value_once_resolved():

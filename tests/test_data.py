@@ -156,6 +156,11 @@ def test_idx_count_mismatch_and_missing_folder(tmp_path):
 # --------------------------------------------------------------------------- names / info
 
 
+def test_a_data_dir_that_is_not_a_path_is_a_type_error():
+    with pytest.raises(TypeError, match="data_dir must be a folder path or None, got 3"):
+        data.load("mnist", 3)
+
+
 @pytest.mark.parametrize("bad", ["cifar", "MNIST", "idx:", ""])
 def test_unknown_name_lists_allowed(bad):
     for fn in (data.load, data.info):

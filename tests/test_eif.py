@@ -302,6 +302,29 @@ def test_r_set_validation(bad):
         eif.update_threshold(1.0, 0.5, bad, 1.1, 0.9)
 
 
+def test_r_set_as_an_array_is_checked_elementwise_and_a_string_is_a_type_error():
+    with pytest.raises(ValueError, match=r"r_set .* got \[1.5\]"):
+        eif.filter_loss_weights(jnp.zeros(2, bool), None, np.array([0.3, 1.5]))
+    with pytest.raises(ValueError, match="r_set"):
+        eif.update_threshold(1.0, 0.5, jnp.asarray(0.0), 1.1, 0.9)
+    with pytest.raises(TypeError, match="r_set must be a real number"):
+        eif.filter_loss_weights(jnp.zeros(2, bool), None, "0.3")
+    weights = eif.filter_loss_weights(jnp.asarray([True, False]), None, np.array([0.25, 0.5]))
+    np.testing.assert_allclose(weights, [4 / (4 + 2), 2 / (4 + 2)], rtol=1e-6)  # 1/r, 1/(1-r).
+
+
+def test_a_mask_that_does_not_fit_the_instances_is_refused():
+    with pytest.raises(ValueError, match=r"mask has shape \(3,\); it must broadcast to label_high"):
+        eif.filter_loss_weights(jnp.zeros(4, bool), jnp.ones(3, bool), 0.3)
+    with pytest.raises(ValueError, match=r"mask has shape \(2, 4\)"):  # Would enlarge [4].
+        eif.filter_loss(jnp.zeros((4, 2)), jnp.zeros(4, bool), jnp.ones((2, 4), bool), 0.3)
+    with pytest.raises(ValueError, match="it must broadcast to pred_high"):
+        eif.true_high_ratio(jnp.ones(4, bool), jnp.ones(4, bool), jnp.ones(5, bool))
+    # A window mask over [n, m] may be given per chunk ([n, 1]): it broadcasts.
+    ratio = eif.true_high_ratio(jnp.ones((2, 3), bool), jnp.ones((2, 3), bool), [[True], [False]])
+    assert float(ratio) == 1.0
+
+
 # --- jit, composition, recompilation ----------------------------------------------------
 
 

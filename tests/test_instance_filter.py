@@ -62,12 +62,17 @@ def _np_entropy(logits):
     [
         ("r_set", 0.0, "r_set=0.0 must lie in (0, 1)"),
         ("r_set", 1.5, "r_set=1.5 must lie in (0, 1)"),
-        ("alpha1", 0.9, "alpha1=0.9 must be >= 1"),
+        ("r_set", float("nan"), "r_set=nan must lie in (0, 1)"),
+        ("alpha1", 0.9, "alpha1=0.9 must be a finite number >= 1"),
+        ("alpha1", float("inf"), "alpha1=inf must be a finite number >= 1"),
         ("alpha2", 0.0, "alpha2=0.0 must lie in (0, 1]"),
         ("alpha2", 1.2, "alpha2=1.2 must lie in (0, 1]"),
         ("window", 0, "window=0 must be a positive integer"),
-        ("entropy_threshold", -0.1, "entropy_threshold=-0.1 must be >= 0 (nats)"),
-        ("init_threshold", 0.0, "init_threshold=0.0 must be > 0"),
+        ("window", 2.5, "window=2.5 must be a positive integer"),
+        ("entropy_threshold", -0.1, "entropy_threshold=-0.1 must lie in [0, ln 2 = 0.693]"),
+        ("entropy_threshold", 0.7, "entropy_threshold=0.7 must lie in [0, ln 2 = 0.693]"),
+        ("init_threshold", 0.0, "init_threshold=0.0 must be a finite number > 0"),
+        ("init_threshold", float("inf"), "init_threshold=inf must be a finite number > 0"),
         ("label_rate", 0.0, "label_rate=0.0 must lie in (0, 1) or be None (= r_set)"),
         ("label_rate", 1.5, "label_rate=1.5 must lie in (0, 1) or be None (= r_set)"),
         ("control", "topk", "control='topk' must be one of quantile, argmax"),
@@ -76,7 +81,12 @@ def _np_entropy(logits):
 def test_filter_config_rejects_bad_values_naming_the_field(field, value, message):
     with pytest.raises(ValueError) as info:
         instance_filter.FilterConfig(**{field: value})
-    assert str(info.value) == message
+    assert str(info.value).startswith(message)
+
+
+def test_filter_config_rejects_a_switch_that_is_not_a_bool():
+    with pytest.raises(TypeError, match="uncertainty='no' must be True or False"):
+        instance_filter.FilterConfig(uncertainty="no")
 
 
 def test_filter_config_accepts_the_boundaries_of_the_allowed_ranges():

@@ -92,3 +92,12 @@ def test_scalars_reach_tensorboard_and_a_resume_purges_the_replayed_steps(tmp_pa
         ("purge_from", 3),  # TensorBoard drops the first file's events from step 3 on.
         ("loss", 3, 30.0),
     ]
+
+
+def test_a_half_written_last_line_is_dropped_on_resume(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
+    log = metrics_lib.MetricsLog(str(tmp_path), resume_step=2)
+    assert log.records() == [{"step": 1, "loss": 2.0}] == _lines(tmp_path)
+    log.add(2, {"loss": np.float32(np.nan)})  # Written as null: strict JSON.
+    log.flush()
+    assert (tmp_path / "metrics.jsonl").read_text().splitlines()[-1] == '{"step": 2, "loss": null}'

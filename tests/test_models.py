@@ -146,6 +146,10 @@ def test_unknown_model_and_bad_num_classes_are_rejected():
         models.create("resnet9", 10)
     with pytest.raises(ValueError, match="num_classes"):
         models.create("lenet", 0)
+    for not_an_int in (10.0, 2.5, "10", True):  # 2.5 was truncated to a 2-way classifier.
+        with pytest.raises(TypeError, match="num_classes must be an int"):
+            models.create("lenet", not_an_int)
+    assert models.create("lenet", np.int64(3)).num_classes == 3
 
 
 # ----------------------------------------------------------------------------------------

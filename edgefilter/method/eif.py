@@ -30,10 +30,9 @@ Example, one filter step written by hand::
 
 from __future__ import annotations
 
-import numbers
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 __all__ = [
@@ -49,18 +48,35 @@ __all__ = [
 
 
 def _check_r_set(r_set: ArrayLike) -> None:
-    """Raises ValueError if ``r_set`` is a concrete Python/NumPy number outside (0, 1).
+    """Raises ValueError if a concrete ``r_set`` (a number or an array) is outside (0, 1).
 
     Traced values (``r_set`` passed as a jit argument) cannot be inspected and are not
     checked.
     """
+    if isinstance(r_set, jax.core.Tracer):
+        return
     if isinstance(r_set, bool):
         raise ValueError(f"r_set must be a number in the open interval (0, 1), got {r_set!r}.")
-    if isinstance(r_set, numbers.Real) and not 0.0 < float(r_set) < 1.0:
+    if np.asarray(r_set).dtype.kind not in "iuf":
+        raise TypeError(f"r_set must be a real number in (0, 1), got {r_set!r}.")
+    values = np.asarray(r_set, np.float64)
+    if not np.all((values > 0.0) & (values < 1.0)):
+        bad = values[~((values > 0.0) & (values < 1.0))]
+        shown = r_set if values.ndim == 0 else bad[:3].tolist()
         raise ValueError(
             f"r_set (target ratio of instances predicted high) must lie in the open interval "
-            f"(0, 1), got {r_set!r}."
+            f"(0, 1), got {shown!r}."
         )
+
+
+def _check_mask(mask: jax.Array, shape: tuple[int, ...], of: str) -> None:
+    """Raises ValueError unless ``mask`` broadcasts to ``shape`` without enlarging it."""
+    try:
+        ok = np.broadcast_shapes(mask.shape, shape) == tuple(shape)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"mask has shape {mask.shape}; it must broadcast to {of}'s {shape}.")
 
 
 def _float_dtype(x: jax.Array) -> jnp.dtype:
@@ -130,6 +146,7 @@ def true_high_ratio(
     if mask is None:
         return jnp.mean(hit, dtype=jnp.float32)
     mask = jnp.asarray(mask, dtype=bool)
+    _check_mask(mask, hit.shape, "pred_high")
     hit, mask = jnp.broadcast_arrays(hit, mask)
     count = jnp.sum(mask, dtype=jnp.float32)
     num = jnp.sum(jnp.logical_and(hit, mask), dtype=jnp.float32)
@@ -281,6 +298,7 @@ def filter_loss_weights(
     _check_r_set(r_set)
     label_high = jnp.asarray(label_high, dtype=bool)
     mask = jnp.ones_like(label_high) if mask is None else jnp.asarray(mask, dtype=bool)
+    _check_mask(mask, label_high.shape, "label_high")
     label_high, mask = jnp.broadcast_arrays(label_high, mask)
     if weighted:
         r = jnp.asarray(r_set, dtype=jnp.float32)

@@ -50,6 +50,8 @@ the hardest instances of the stream while still keeping ``R_set`` of every chunk
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -130,17 +132,33 @@ class FilterConfig:
         return self.r_set
 
     def __post_init__(self) -> None:
+        real = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)  # noqa: E731
+        finite = lambda v: real(v) and math.isfinite(v)  # noqa: E731
         label_rate = self.label_rate
         checks = [
-            ("r_set", 0 < self.r_set < 1, "must lie in (0, 1)"),
-            ("alpha1", self.alpha1 >= 1, "must be >= 1"),
-            ("alpha2", 0 < self.alpha2 <= 1, "must lie in (0, 1]"),
-            ("window", self.window >= 1, "must be a positive integer"),
-            ("entropy_threshold", self.entropy_threshold >= 0, "must be >= 0 (nats)"),
-            ("init_threshold", self.init_threshold > 0, "must be > 0"),
+            ("r_set", finite(self.r_set) and 0 < self.r_set < 1, "must lie in (0, 1)"),
+            ("alpha1", finite(self.alpha1) and self.alpha1 >= 1, "must be a finite number >= 1"),
+            ("alpha2", finite(self.alpha2) and 0 < self.alpha2 <= 1, "must lie in (0, 1]"),
+            (
+                "window",
+                isinstance(self.window, numbers.Integral)
+                and not isinstance(self.window, bool)
+                and self.window >= 1,
+                "must be a positive integer",
+            ),
+            (
+                "entropy_threshold",
+                finite(self.entropy_threshold) and 0 <= self.entropy_threshold <= math.log(2),
+                "must lie in [0, ln 2 = 0.693] (nats: a 2-way entropy never exceeds ln 2)",
+            ),
+            (
+                "init_threshold",
+                finite(self.init_threshold) and self.init_threshold > 0,
+                "must be a finite number > 0",
+            ),
             (
                 "label_rate",
-                label_rate is None or 0 < label_rate < 1,
+                label_rate is None or (finite(label_rate) and 0 < label_rate < 1),
                 "must lie in (0, 1) or be None (= r_set)",
             ),
             ("control", self.control in CONTROLS, f"must be one of {', '.join(CONTROLS)}"),
@@ -148,6 +166,9 @@ class FilterConfig:
         for name, ok, allowed in checks:
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)!r} {allowed}")
+        for name in ("static_threshold", "uncertainty", "weighted"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name}={getattr(self, name)!r} must be True or False")
 
 
 class FilterState(struct.PyTreeNode):

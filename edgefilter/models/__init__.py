@@ -17,6 +17,7 @@ lowerings. ``axis_name`` synchronises batch norm's statistics over a mapped axis
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -91,10 +92,15 @@ def create(
 
     Raises:
       ValueError: for an unknown name or a non-positive ``num_classes``.
+      TypeError: for a ``num_classes`` that is not an integer (``10.0``, ``2.5``).
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    if int(num_classes) < 1:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise TypeError(
+            f"num_classes must be an int (the size of the output layer), got {num_classes!r}"
+        )
+    if num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     ops = Ops(
         conv_general_dilated=conv_general_dilated,

@@ -105,10 +105,18 @@ def row(name: str, summary: dict[str, Any], peak_bytes: int) -> dict[str, Any]:
 
 
 def check_variants(variants: list[str]) -> None:
-    """Raises ValueError naming the ``variants`` that are not in ``VARIANTS``."""
+    """Raises ValueError for no variants, a repeated one, or one not in ``VARIANTS``."""
+    if not variants:
+        raise ValueError(f"--variants is empty; choose one or more of {', '.join(VARIANTS)}")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"--variants: unknown {unknown!r}; choose from {', '.join(VARIANTS)}")
+    repeated = sorted({v for v in variants if variants.count(v) > 1})
+    if repeated:
+        raise ValueError(
+            f"--variants={','.join(variants)!r} is invalid: {', '.join(repeated)} given more "
+            "than once (each variant is one run in its own folder)"
+        )
 
 
 def compare(

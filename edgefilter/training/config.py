@@ -30,12 +30,34 @@ flattens a config into ``{flag: value}`` (what ``config.json`` and ``summary.jso
 record) and :func:`from_flags` builds one back, naming the flag in its errors
 (``--eif_window=0 is invalid: must be a positive integer``) where the nested classes name
 their field (``window=0 must be a positive integer``).
+
+**Which flags belong to which methods** is declared with the field, once
+(``setting(..., methods=...)``; a nested config's field declares it for all of its
+flags), and :func:`foreign_flags` reads it back:
+
+==========================================  ======================================
+flags                                        methods
+==========================================  ======================================
+``TrainConfig.filter`` (``--r_set``,         ``EIF_METHODS``: eif, eif_emp
+``--eif_*``, ``--alpha1`` ...),
+``--filter_*``, ``--eif_batch_size``,
+``--eif_probe_size``, ``--eif_random_probes``
+``TrainConfig.emp`` (``--emp_*``,            ``EMP_METHODS``: emp, eif_emp
+``--gamma1``, ``--gamma2``)
+every other flag                             every method
+==========================================  ======================================
+
+A new method's flag adds its owners in its ``setting``. Values are validated whatever
+the method (a bad value is an error even where it would be ignored); a flag given with
+a method that does not use it is ignored with a warning on the command line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+import numbers
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -56,25 +78,39 @@ __all__ = [
     "FilterConfig",
     "Flag",
     "TrainConfig",
+    "EIF_METHODS",
+    "EMP_METHODS",
     "as_flags",
     "dataset_family",
+    "foreign_flags",
     "from_flags",
     "resolve",
     "validate",
 ]
 
 METHODS = ("sgd", "emp", "eif", "eif_emp")
+EIF_METHODS = ("eif", "eif_emp")  # The methods with an instance filter.
+EMP_METHODS = ("emp", "eif_emp")  # The methods that prune error maps.
 EMP_POLICIES = ("topk", "threshold")
 BITS = (32, 16, 8, 6, 4)
 
 
-def setting(default: Any, help: str, flag: str | None = None) -> Any:
+def setting(
+    default: Any, help: str, flag: str | None = None, methods: tuple[str, ...] | None = None
+) -> Any:
     """A config field: its default, its flag's help, and the flag's name if not the field's.
 
     For a field holding a nested config (``TrainConfig.filter``), ``help`` is the label
     put before the help of each of the nested config's flags (``"EIF: ..."``).
+    ``methods`` declares the methods the setting belongs to (None: every method); a
+    nested config's fields inherit it. Given on the command line with another method,
+    the flag is ignored with a warning (:func:`foreign_flags`).
     """
-    metadata = {"help": help} if flag is None else {"help": help, "flag": flag}
+    metadata: dict[str, Any] = {"help": help}
+    if flag is not None:
+        metadata["flag"] = flag
+    if methods is not None:
+        metadata["methods"] = tuple(methods)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -106,6 +142,8 @@ class EmpConfig:
     def __post_init__(self) -> None:
         if self.policy not in EMP_POLICIES:
             raise ValueError(f"policy={self.policy!r} must be one of {', '.join(EMP_POLICIES)}")
+        if not isinstance(self.first_layer, bool):
+            raise TypeError(f"first_layer={self.first_layer!r} must be True or False")
         emp.TopK(self.keep_ratio, self.gamma1, self.gamma2)
         emp.Threshold(self.threshold, self.gamma1, self.gamma2)
 
@@ -150,35 +188,43 @@ class TrainConfig:
     xla_cpu: bool | None = setting(
         None, "XLA:CPU lowerings: default on when jax.default_backend() is cpu."
     )
-    emp: EmpConfig = setting(EmpConfig(), "EMP")  # Used by the methods emp and eif_emp.
-    filter: FilterConfig = setting(FilterConfig(), "EIF")  # Used by eif and eif_emp.
+    emp: EmpConfig = setting(EmpConfig(), "EMP", methods=EMP_METHODS)
+    filter: FilterConfig = setting(FilterConfig(), "EIF", methods=EIF_METHODS)
     filter_model: str | None = setting(
-        None, "EIF: filter network (default: lenet_slim, resnet8 or resnet10 by dataset)."
+        None,
+        "EIF: filter network (default: lenet_slim, resnet8 or resnet10 by dataset).",
+        methods=EIF_METHODS,
     )
-    filter_learning_rate: float = setting(0.1, "EIF: filter lr.")
+    filter_learning_rate: float = setting(0.1, "EIF: filter lr.", methods=EIF_METHODS)
     filter_lr_decay_steps: int | None = setting(
-        None, "EIF: filter updates after which its lr halves (MNIST: 940; 0: never)."
+        None,
+        "EIF: filter updates after which its lr halves (MNIST: 940; 0: never).",
+        methods=EIF_METHODS,
     )
     eif_batch_size: int | None = setting(
         None,
         "EIF: instances per main-network step, packed from the filter's selection "
         "(default: round(r_set * batch_size), one main step per chunk as in the paper).",
+        methods=EIF_METHODS,
     )
     eif_probe_size: int | None = setting(
-        None, "EIF: uncertainty-sampled instances probed per main step (eif_batch_size/8)."
+        None,
+        "EIF: uncertainty-sampled instances probed per main step (eif_batch_size/8).",
+        methods=EIF_METHODS,
     )
     eif_random_probes: int = setting(
         1,
         "EIF: random predicted-L instances sampled per chunk (set T_l under quantile control).",
+        methods=EIF_METHODS,
     )
 
     @property
     def uses_emp(self) -> bool:
-        return self.method in ("emp", "eif_emp")
+        return self.method in EMP_METHODS
 
     @property
     def uses_eif(self) -> bool:
-        return self.method in ("eif", "eif_emp")
+        return self.method in EIF_METHODS
 
 
 # --- The paper's defaults -------------------------------------------------------------------
@@ -239,7 +285,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if config.filter.label_rate is None:  # T_l aims at labelling R_set of the stream H.
         filled["filter"] = dataclasses.replace(config.filter, label_rate=config.filter.r_set)
     filled["xla_cpu"] = backends.use_xla_cpu(config.xla_cpu)
-    return dataclasses.replace(config, **filled)
+    resolved = dataclasses.replace(config, **filled)
+    _check_resolved(resolved)
+    return resolved
 
 
 def _eif_sizes(config: TrainConfig, batch_size: int) -> dict[str, int]:
@@ -266,11 +314,24 @@ def validate(config: TrainConfig) -> None:
     """Raises ``ValueError`` naming the first bad value (as its flag) and what is allowed.
 
     The nested ``filter`` and ``emp`` settings were checked when they were constructed.
+    Every value is checked whatever the method (a bad value is an error even where the
+    method ignores it); :func:`foreign_flags` says which given flags it ignores.
     """
     _check_choices(config)
     _check_positive(config)
     _check_optimizer(config)
     _check_probes(config)
+    _check_finite(config)
+
+
+def _check_finite(config: TrainConfig) -> None:
+    """Every number is finite (NaN or infinity has no meaning in any setting)."""
+    for name, value in as_flags(config).items():
+        if isinstance(value, tuple):
+            if not all(isinstance(v, int | float) and math.isfinite(v) for v in value):
+                _fail(name, value, "every entry must be a finite number")
+        elif isinstance(value, float) and not math.isfinite(value):
+            _fail(name, value, "must be a finite number")
 
 
 def _check_choices(config: TrainConfig) -> None:
@@ -282,6 +343,9 @@ def _check_choices(config: TrainConfig) -> None:
         _fail("dataset", config.dataset, f"choose one of {known} or idx:/path/to/folder")
     if config.method not in METHODS:
         _fail("method", config.method, f"choose one of {', '.join(METHODS)}")
+    seed = config.seed
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+        _fail("seed", seed, "must be an integer in [0, 2**32)")
     if config.bits not in BITS:
         _fail("bits", config.bits, f"choose one of {', '.join(map(str, BITS))}")
     if config.filter_model is not None and config.filter_model not in models.MODEL_NAMES:
@@ -319,10 +383,15 @@ def _check_optimizer(config: TrainConfig) -> None:
         _fail("momentum", config.momentum, "must lie in [0, 1)")
     if config.weight_decay is not None and config.weight_decay < 0:
         _fail("weight_decay", config.weight_decay, "must be >= 0")
-    if config.lr_boundaries is not None and any(not 0 < b < 1 for b in config.lr_boundaries):
-        _fail("lr_boundaries", config.lr_boundaries, "fractions of training, each in (0, 1)")
+    boundaries = config.lr_boundaries
+    if boundaries is not None and any(not 0 < b < 1 for b in boundaries):
+        _fail("lr_boundaries", boundaries, "fractions of training, each in (0, 1)")
+    if boundaries is not None and any(a >= b for a, b in itertools.pairwise(boundaries)):
+        _fail("lr_boundaries", boundaries, "fractions of training in increasing order")
     if not config.filter_learning_rate > 0:
         _fail("filter_learning_rate", config.filter_learning_rate, "must be > 0")
+    if config.filter_lr_decay_steps is not None and config.filter_lr_decay_steps < 0:
+        _fail("filter_lr_decay_steps", config.filter_lr_decay_steps, "must be >= 0 (0: never)")
 
 
 def _check_probes(config: TrainConfig) -> None:
@@ -331,6 +400,27 @@ def _check_probes(config: TrainConfig) -> None:
         _fail("eif_probe_size", config.eif_probe_size, "must be >= 0")
     if config.eif_random_probes < 0:
         _fail("eif_random_probes", config.eif_random_probes, "must be >= 0")
+
+
+def _check_resolved(config: TrainConfig) -> None:
+    """What only the filled-in sizes tell: the probes a chunk of the stream engine holds.
+
+    On the stream engine (quantile control, one main step per chunk) a chunk's probes
+    are drawn from its predicted-L instances, ``batch_size - eif_batch_size`` of them;
+    the host-queue runner (argmax control, or another ``--eif_batch_size``) queues
+    probes across chunks and takes any number.
+    """
+    if not config.uses_eif or config.filter.control != "quantile":
+        return
+    train = max(1, round(config.filter.r_set * config.batch_size))
+    limit = config.batch_size - train
+    if config.eif_batch_size == train and config.eif_probe_size > limit:
+        _fail(
+            "eif_probe_size",
+            config.eif_probe_size,
+            f"at most {limit}: a chunk of --batch_size={config.batch_size} holds {limit} "
+            f"instances the filter does not keep (the {train} it keeps are trained)",
+        )
 
 
 # --- Flags: derived from the fields -----------------------------------------------------------
@@ -346,6 +436,8 @@ class Flag:
       kind: ``str``, ``int``, ``float``, ``bool`` or ``tuple`` (a list of floats).
       default: the field's default.
       help: the field's ``metadata["help"]``, after its group's (``"EIF: ..."``).
+      methods: the methods the setting belongs to (``metadata["methods"]``, its own or
+        its nested config's field's); None for every method.
     """
 
     name: str
@@ -353,6 +445,7 @@ class Flag:
     kind: type
     default: Any
     help: str
+    methods: tuple[str, ...] | None = None
 
 
 def _field_types(cls: type) -> list[tuple[dataclasses.Field, type]]:
@@ -367,19 +460,24 @@ def _field_types(cls: type) -> list[tuple[dataclasses.Field, type]]:
     return out
 
 
-def _walk(cls: type, path: tuple[str, ...] = (), group: str = "") -> list[Flag]:
+def _walk(
+    cls: type,
+    path: tuple[str, ...] = (),
+    group: str = "",
+    methods: tuple[str, ...] | None = None,
+) -> list[Flag]:
     out = []
     for field, kind in _field_types(cls):
         if "help" not in field.metadata:
             raise TypeError(f"{cls.__name__}.{field.name} needs metadata['help']: it is a flag")
         help_, where = field.metadata["help"], (*path, field.name)
+        owners = field.metadata.get("methods", methods)
         if dataclasses.is_dataclass(kind):
-            out += _walk(kind, where, help_)
+            out += _walk(kind, where, help_, owners)
         else:
             name = field.metadata.get("flag", field.name)
-            out.append(
-                Flag(name, where, kind, field.default, f"{group}: {help_}" if group else help_)
-            )
+            help_ = f"{group}: {help_}" if group else help_
+            out.append(Flag(name, where, kind, field.default, help_, owners))
     return out
 
 
@@ -387,6 +485,23 @@ FLAGS: tuple[Flag, ...] = tuple(_walk(TrainConfig))
 _BY_NAME = {f.name: f for f in FLAGS}
 if len(_BY_NAME) != len(FLAGS):
     raise TypeError(f"two config fields share a flag name: {[f.name for f in FLAGS]}")
+
+
+def foreign_flags(methods: Sequence[str], given: Sequence[str]) -> list[str]:
+    """The flags among ``given`` that none of ``methods`` uses, in ``given``'s order.
+
+    Which flag belongs to which methods is declared once, in its field's
+    ``metadata["methods"]`` (:func:`setting`): ``--r_set`` and the other ``EIF:`` flags
+    belong to eif and eif_emp, the ``EMP:`` flags to emp and eif_emp, the rest to every
+    method. ``foreign_flags(["sgd"], ["r_set", "epochs"]) == ["r_set"]``.
+    """
+    return [
+        name
+        for name in given
+        if name in _BY_NAME
+        and _BY_NAME[name].methods is not None
+        and not set(methods) & set(_BY_NAME[name].methods)
+    ]
 
 
 def as_flags(config: TrainConfig) -> dict[str, Any]:

@@ -253,7 +253,9 @@ class EifRunner:
         probe_idx = np.concatenate([random_idx, unsure_idx]).astype(np.int64)
         probe_mask = np.arange(self.probes) < len(probe_idx)
         probe_random = np.arange(self.probes) < len(random_idx)
-        probe_idx = np.concatenate([probe_idx, idx[: self.probes - len(probe_idx)]])
+        # Padding slots (weight 0) repeat the batch's instances, as often as needed: more
+        # probe slots than the batch has instances must not index past it.
+        probe_idx = np.concatenate([probe_idx, np.resize(idx, self.probes - len(probe_idx))])
         main = loop["state"]
         data = self.dataset
         main, fstate, metrics = self.step(

@@ -25,11 +25,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from absl import logging
 from rich.console import Console
 from rich.progress import Progress
 
 from edgefilter import data as data_lib
-from edgefilter.training import accounting, runners
+from edgefilter.training import accounting, divergence, preflight, runners
 from edgefilter.training import checkpoint as checkpoint_lib
 from edgefilter.training import config as config_lib
 from edgefilter.training import metrics as metrics_lib
@@ -38,9 +39,10 @@ from edgefilter.training import stream as stream_lib
 
 
 def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
+    """Strict JSON (a non-finite float is written as null), replacing ``path`` atomically."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
+        json.dump(divergence.json_safe(payload), f, indent=2, sort_keys=True, allow_nan=False)
     os.replace(tmp, path)
 
 
@@ -84,12 +86,6 @@ def check_resumable(config: config_lib.TrainConfig, workdir: str) -> None:
         )
 
 
-def _stream_length(config: config_lib.TrainConfig, num_train: int) -> int:
-    if config.steps is not None:
-        return config.steps * config.batch_size
-    return int(round(config.epochs * num_train))
-
-
 def initial_loop(state: train_lib.TrainState, runner: runners.Runner) -> dict[str, Any]:
     """A fresh loop state: the whole checkpointed pytree of a run at its start."""
     return {
@@ -125,14 +121,23 @@ def train_and_evaluate(
       The summary written to ``summary.json``, plus the final ``state`` (and ``filter``).
 
     Raises:
-      ValueError: for an invalid config. data.DataUnavailableError: when the dataset
-        cannot be had. Both happen before anything is written to ``workdir``.
+      ValueError: for an invalid config, a workdir that cannot be written or holds
+        another run, or data the run cannot train on (``training.preflight``).
+        data.DataUnavailableError: when the dataset cannot be had. All happen before
+        anything is written to ``workdir``.
+      divergence.Diverged: the loss or the parameters became non-finite; the run
+        stopped at once, ``summary.json`` says so (``"diverged"``) and no checkpoint
+        holds a non-finite value.
     """
     config = config_lib.resolve(config)
+    check_resumable(config, workdir)
+    preflight.check_workdir(workdir)
     if dataset is None:
         dataset = data_lib.load(config.dataset, config.data_dir)
+    for warning in preflight.check_run(config, dataset):
+        logging.warning("%s", warning)
     num_train = len(dataset.train_images)
-    length = _stream_length(config, num_train)
+    length = preflight.stream_length(config, num_train)
     runner, state = runners.build_runner(config, dataset, length)
     loop, checkpointer = _open_workdir(config, workdir, initial_loop(state, runner))
     session = _Session(
@@ -145,8 +150,14 @@ def train_and_evaluate(
         eval_step=train_lib.make_eval_step(dataset.info, xla_cpu=config.xla_cpu),
         clock=_Clock.resume(loop),
     )
-    with metrics_lib.progress_bar(show_progress) as progress:
-        loop = _train_stream(session, loop, progress)
+    try:
+        with metrics_lib.progress_bar(show_progress) as progress:
+            loop = _train_stream(session, loop, progress)
+    except divergence.Diverged as diverged:
+        session.metrics_log.flush()
+        checkpointer.close()
+        _write_json_atomic(os.path.join(workdir, "summary.json"), _diverged(session, diverged))
+        raise
     checkpointer.close()
     session.metrics_log.close()
     summary = _summary(session, loop)
@@ -160,14 +171,12 @@ def train_and_evaluate(
 def _open_workdir(
     config: config_lib.TrainConfig, workdir: str, loop: dict[str, Any]
 ) -> tuple[dict[str, Any], checkpoint_lib.Checkpointer]:
-    """Checks that ``workdir`` holds no other run, records the config, restores the loop."""
-    check_resumable(config, workdir)
+    """Records the config (``workdir`` was checked to hold no other run), restores the loop."""
     os.makedirs(workdir, exist_ok=True)
     _write_json_atomic(os.path.join(workdir, "config.json"), config_lib.as_flags(config))
     checkpointer = checkpoint_lib.Checkpointer(workdir)
-    if checkpointer.latest_step() is not None:
-        loop = checkpointer.restore(loop)
-    return loop, checkpointer
+    restored = checkpointer.restore(loop)  # The newest that restores cleanly.
+    return (loop if restored is None else restored), checkpointer
 
 
 @dataclasses.dataclass
@@ -247,6 +256,9 @@ def _train_stream(session: _Session, loop: dict[str, Any], progress: Progress) -
         for number, kind, metrics in records:
             prefix = "eif/" if kind == "window" else ""
             session.metrics_log.add(number + 1, {f"{prefix}{k}": v for k, v in metrics.items()})
+        nonfinite = divergence.first_nonfinite_loss(records)  # Host values: no sync.
+        if nonfinite is not None:
+            raise divergence.Diverged(*nonfinite, _last_good(session))
         finished = position >= length
         checkpoint_due = boundary in ("epoch", "checkpoint") or finished
         if chunk // config.log_every_steps > before // config.log_every_steps or checkpoint_due:
@@ -331,9 +343,30 @@ def _checkpoint(session: _Session, loop: dict[str, Any], elapsed: float) -> dict
         side_time=np.asarray(session.clock.side, np.float64),
         compile_time=np.asarray(session.clock.compiled(), np.float64),
     )
+    bad = divergence.nonfinite_leaf(loop)  # Checked before saving: never a NaN checkpoint.
+    if bad is not None:
+        what = f"{bad} holds a NaN or infinity"
+        raise divergence.Diverged(int(loop["chunk"]), what, _last_good(session))
     session.checkpointer.save(int(loop["chunk"]), loop)
     session.clock.side += time.perf_counter() - started
     return loop
+
+
+def _last_good(session: _Session) -> str | None:
+    """The newest checkpoint's folder (all saved ones are finite), or None."""
+    step = session.checkpointer.latest_step()
+    return None if step is None else session.checkpointer.path(step)
+
+
+def _diverged(session: _Session, diverged: divergence.Diverged) -> dict[str, Any]:
+    """summary.json of a run that diverged: no accuracy, where and what went non-finite."""
+    history = [r for r in session.metrics_log.records() if "test_accuracy" in r]
+    return {
+        "config": config_lib.as_flags(session.config),
+        "diverged": diverged.as_json(),
+        "test_accuracy": None,
+        "history": history,
+    }
 
 
 def _summary(session: _Session, loop: dict[str, Any]) -> dict[str, Any]:

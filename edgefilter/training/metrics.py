@@ -27,6 +27,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from edgefilter.training import divergence
+
 
 class MetricsLog:
     """Appends ``{"step": s, **metrics}`` records to ``<workdir>/metrics.jsonl`` and
@@ -38,10 +40,9 @@ class MetricsLog:
         resuming = os.path.exists(self.path)
         if resuming:
             # Records written after the checkpoint we resume from are replayed: drop them.
-            with open(self.path) as f:
-                kept = [line for line in f if json.loads(line).get("step", 0) <= resume_step]
+            kept = [r for r in self.records() if r.get("step", 0) <= resume_step]
             with open(self.path, "w") as f:
-                f.writelines(kept)
+                f.writelines(_line(r) for r in kept)
         # On resume, purge_step tells TensorBoard to discard the earlier events from the
         # replayed steps on, as the JSON lines above drop them.
         # The suffix keeps a resumed run's event file from overwriting one opened in the
@@ -57,11 +58,24 @@ class MetricsLog:
         self._pending.append((step, metrics))
 
     def records(self) -> list[dict[str, Any]]:
-        """Every record written so far (after a flush), in order."""
+        """Every record written so far (after a flush), in order.
+
+        A last line cut short (a kill or a full disk while it was written) is dropped;
+        a damaged line before it raises ValueError naming the file and line.
+        """
         if not os.path.exists(self.path):
             return []
         with open(self.path) as f:
-            return [json.loads(line) for line in f]
+            lines = f.readlines()
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                if number == len(lines):
+                    break  # Half-written: what it held is replayed after the checkpoint.
+                raise ValueError(f"{self.path}, line {number}, is not JSON ({e})") from None
+        return records
 
     def flush(self) -> dict[str, float]:
         """Writes all queued records; returns the last one as floats (empty if none)."""
@@ -71,7 +85,7 @@ class MetricsLog:
         with open(self.path, "a") as f:
             for step, metrics in fetched:
                 record = {"step": int(step), **{k: _to_json(v) for k, v in metrics.items()}}
-                f.write(json.dumps(record) + "\n")
+                f.write(_line(record))
                 for name, value in record.items():
                     if name != "step" and isinstance(value, (int, float)):
                         self._events.add_scalar(name, value, int(step))
@@ -108,6 +122,11 @@ def compile_seconds() -> float:
         jax.monitoring.register_event_duration_secs_listener(_on_event)
         _listening[0] = True
     return _compile_seconds[0]
+
+
+def _line(record: dict[str, Any]) -> str:
+    """One strict-JSON line: a NaN or infinity is written as null (``divergence``)."""
+    return json.dumps(divergence.json_safe(record), allow_nan=False) + "\n"
 
 
 def _to_json(value: Any) -> Any:

@@ -141,12 +141,12 @@ class HostQueueRunner:
         for indices, weights, chunk in chunks:
             loop, more = self.runner.process(loop, indices, weights, chunk)
             records += [(chunk, kind, metrics) for kind, metrics in more]
-        return loop, records
+        return loop, jax.device_get(records)  # One fetch per block, as the engine's.
 
     def finish(self, loop: dict[str, Any], chunk: int) -> tuple[dict[str, Any], list[Record]]:
         """Trains what the queue still holds after the run's last chunk, ``chunk``."""
         loop, more = self.runner.finish(loop)
-        return loop, [(chunk, kind, metrics) for kind, metrics in more]
+        return loop, jax.device_get([(chunk, kind, metrics) for kind, metrics in more])
 
     def compilations(self) -> dict[str, int]:
         return self.runner.compilations()
