@@ -13,15 +13,19 @@ reduction, time to ``--target_accuracy``; ``edgefilter.reporting.results``) and
 ``experiments.train`` applies to all runs (``--epochs``, ``--bits``, ...), except those the
 harness sets: ``--method``, ``--seed`` and the budget flags. Run again with the same
 ``--workdir`` to skip the finished runs and resume an interrupted one. Bad input ends
-with one line on stderr and exit status 2 before anything is written.
+with one line on stderr and exit status 2 before anything is written; a run whose loss
+or parameters become non-finite stops the harness with exit status 3.
 """
 
 from __future__ import annotations
+
+import sys
 
 from absl import app, flags, logging
 
 from edgefilter import data as data_lib
 from edgefilter.reporting import harness
+from edgefilter.training import checkpoint, divergence, preflight
 from edgefilter.training import config as config_lib
 from experiments import cli
 from experiments import train as train_cli
@@ -77,11 +81,22 @@ def main(argv: list[str]) -> None:
         base = config_lib.resolve(train_cli.config_from_flags())
         jobs = harness.plan(base, FLAGS.methods, budgets, seeds, FLAGS.workdir)
         dataset = data_lib.load(base.dataset, base.data_dir)
+        for job in jobs:  # Every run's data fit and model shapes, before any trains.
+            preflight.check_run(job.config, dataset)
     except (ValueError, data_lib.DataUnavailableError) as e:
         cli.fail(str(e))
-    runs = harness.run(
-        jobs, dataset, log=lambda line: print(line, flush=True), show_progress=FLAGS.progress
-    )
+    cli.warn_foreign_flags([job.config.method for job in jobs])
+    try:  # A diverged run stops the harness (exit 3); a rerun resumes the others.
+        runs = harness.run(
+            jobs, dataset, log=lambda line: print(line, flush=True), show_progress=FLAGS.progress
+        )
+    except divergence.Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    except checkpoint.NoGoodCheckpoint as e:  # Every checkpoint of a run's folder is damaged.
+        cli.fail(str(e))
+    except OSError as e:
+        train_cli.fail_io(e)
     title = harness.title_of(base, seeds)
     config = config_lib.as_flags(base)
     print(harness.report(runs, FLAGS.workdir, title, config, FLAGS.target_accuracy))

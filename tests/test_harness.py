@@ -369,4 +369,4 @@ def test_the_command_refuses_a_workdir_it_cannot_write(baselines_main, tmp_path,
     with pytest.raises(SystemExit) as exit_info:
         baselines_main.main(["baselines"])
     assert exit_info.value.code == 2
-    assert "is not writable" in capsys.readouterr().err
+    assert "is a file, so the folder cannot be made" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from edgefilter import data as data_lib
 from edgefilter.reporting import comparison, figures, results
 from edgefilter.reporting import runs as runs_lib
 from edgefilter.training import config as config_lib
-from edgefilter.training import loop
+from edgefilter.training import loop, preflight
 
 # The methods (and variants of ``comparison.VARIANTS``) the harness runs, each with the
 # flag its budget sets: the kept fraction for the selectors, None for no budget. A name
@@ -112,17 +112,6 @@ def check_lists(methods: Sequence[str], budgets: Sequence[float], seeds: Sequenc
             raise ValueError(f"--seeds: {seed!r} is invalid: each seed is an integer >= 0")
 
 
-def check_workdir(workdir: str) -> None:
-    """Raises ValueError unless ``workdir`` is, or can be created as, a writable folder."""
-    existing = os.path.abspath(workdir)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ValueError(f"--workdir={workdir!r} is not writable: {existing!r} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"--workdir={workdir!r} is not writable: no write access to {existing!r}")
-
-
 def plan(
     base: config_lib.TrainConfig,
     methods: Sequence[str],
@@ -137,7 +126,7 @@ def plan(
     holding a run of other settings, or a workdir that cannot be written.
     """
     check_lists(methods, budgets, seeds)
-    check_workdir(workdir)
+    preflight.check_workdir(workdir)
     methods = list(methods) if REFERENCE in methods else [REFERENCE, *methods]
     jobs = []
     for seed in seeds:

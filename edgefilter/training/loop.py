@@ -154,7 +154,7 @@ def train_and_evaluate(
         with metrics_lib.progress_bar(show_progress) as progress:
             loop = _train_stream(session, loop, progress)
     except divergence.Diverged as diverged:
-        session.metrics_log.flush()
+        session.metrics_log.close()
         checkpointer.close()
         _write_json_atomic(os.path.join(workdir, "summary.json"), _diverged(session, diverged))
         raise
