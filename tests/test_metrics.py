@@ -101,3 +101,5 @@ def test_a_half_written_last_line_is_dropped_on_resume(tmp_path):
     log.add(2, {"loss": np.float32(np.nan)})  # Written as null: strict JSON.
     log.flush()
     assert (tmp_path / "metrics.jsonl").read_text().splitlines()[-1] == '{"step": 2, "loss": null}'
+    log.close()
+    assert [v for e in _events(tmp_path) for v in e.summary.value] == []  # Not an event either.

@@ -10,6 +10,7 @@ filter's per-window ``eif/`` metrics and ``test_accuracy``), under the same name
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -87,7 +88,8 @@ class MetricsLog:
                 record = {"step": int(step), **{k: _to_json(v) for k, v in metrics.items()}}
                 f.write(_line(record))
                 for name, value in record.items():
-                    if name != "step" and isinstance(value, (int, float)):
+                    # Non-finite values are null in the JSON lines and left out here.
+                    if name != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                         self._events.add_scalar(name, value, int(step))
         self._events.flush()
         self._pending.clear()
