@@ -163,6 +163,10 @@ FLAG_DEFAULTS = {
     "eif_batch_size": None,
     "eif_probe_size": None,
     "eif_random_probes": 1,
+    # smb, smd, sd, e2train: None takes the source's default for the method.
+    "budget": None,
+    "smd_skip": None,
+    "sd_final_survival": None,
 }
 
 
@@ -246,6 +250,7 @@ def test_uses_emp_and_uses_eif_follow_the_method():
         "emp": (True, False),
         "eif": (False, True),
         "eif_emp": (True, True),
+        **dict.fromkeys(config_lib.BUDGET_METHODS, (False, False)),
     }
 
 
@@ -326,4 +331,5 @@ def test_emp_config_names_its_own_field(make, message):
 
 def test_every_flag_has_a_value_once_resolved():
     flat = config_lib.as_flags(config_lib.resolve(TrainConfig()))
-    assert [k for k, v in flat.items() if v is None] == ["steps", "data_dir"]
+    unused = ["budget", "smd_skip", "sd_final_survival"]  # Settings of other methods.
+    assert [k for k, v in flat.items() if v is None] == ["steps", "data_dir", *unused]

@@ -112,4 +112,9 @@ def has_batch_norm(name: str) -> bool:
     return name not in _WITHOUT_BATCH_NORM
 
 
-__all__ = ["MODEL_NAMES", "Ops", "create", "has_batch_norm"]
+def has_residual_blocks(name: str) -> bool:
+    """Whether model ``name`` is a ResNet (stochastic depth bypasses its blocks)."""
+    return name in _CIFAR_DEPTHS or name in ("resnet10", "resnet18")
+
+
+__all__ = ["MODEL_NAMES", "Ops", "create", "has_batch_norm", "has_residual_blocks"]

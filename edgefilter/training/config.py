@@ -48,6 +48,7 @@ from edgefilter.method.instance_filter import CONTROLS, FilterConfig
 
 __all__ = [
     "BITS",
+    "BUDGET_METHODS",
     "CONTROLS",
     "EMP_POLICIES",
     "FLAGS",
@@ -63,7 +64,10 @@ __all__ = [
     "validate",
 ]
 
-METHODS = ("sgd", "emp", "eif", "eif_emp")
+# Schedule- and model-level baselines (issue 18): edgefilter.training.budget (smb, smd),
+# edgefilter.models.stochastic_depth (sd), and e2train (see TrainConfig.uses_smd).
+BUDGET_METHODS = ("smb", "smd", "sd", "e2train")
+METHODS = ("sgd", "emp", "eif", "eif_emp", *BUDGET_METHODS)
 EMP_POLICIES = ("topk", "threshold")
 BITS = (32, 16, 8, 6, 4)
 
@@ -171,6 +175,19 @@ class TrainConfig:
         1,
         "EIF: random predicted-L instances sampled per chunk (set T_l under quantile control).",
     )
+    # --- smb, smd, sd, e2train (BUDGET_METHODS): None takes the source's default. ---
+    budget: float | None = setting(
+        None,
+        "smb/smd: compute budget in (0, 1], a fraction of SGD's iterations: smb trains on "
+        "the first budget of the stream (default 0.5), smd skips each mini-batch with "
+        "probability 1 - budget (sets --smd_skip).",
+    )
+    smd_skip: float | None = setting(
+        None, "smd/e2train: probability that a mini-batch is skipped (E2-Train: 0.5)."
+    )
+    sd_final_survival: float | None = setting(
+        None, "sd/e2train: survival probability p_L of the last residual block (Huang: 0.5)."
+    )
 
     @property
     def uses_emp(self) -> bool:
@@ -179,6 +196,16 @@ class TrainConfig:
     @property
     def uses_eif(self) -> bool:
         return self.method in ("eif", "eif_emp")
+
+    @property
+    def uses_smd(self) -> bool:
+        """Whether whole mini-batches are skipped (edgefilter.training.budget)."""
+        return self.method in ("smd", "e2train")
+
+    @property
+    def uses_sd(self) -> bool:
+        """Whether residual blocks are bypassed (edgefilter.models.stochastic_depth)."""
+        return self.method in ("sd", "e2train")
 
 
 # --- The paper's defaults -------------------------------------------------------------------
@@ -239,7 +266,21 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if config.filter.label_rate is None:  # T_l aims at labelling R_set of the stream H.
         filled["filter"] = dataclasses.replace(config.filter, label_rate=config.filter.r_set)
     filled["xla_cpu"] = backends.use_xla_cpu(config.xla_cpu)
+    filled.update(_budget_defaults(config))
     return dataclasses.replace(config, **filled)
+
+
+def _budget_defaults(config: TrainConfig) -> dict[str, float]:
+    """The budget methods' settings: SMB's budget, SMD's skip probability, SD's p_L."""
+    filled = {}
+    if config.method == "smb" and config.budget is None:
+        filled["budget"] = 0.5  # The paper's SMB rows (PAPER.md): 50% of SGD's iterations.
+    if config.uses_smd and config.smd_skip is None:
+        # E2-Train's released code skips a mini-batch when U(0, 1) > 0.5.
+        filled["smd_skip"] = 0.5 if config.budget is None else 1.0 - config.budget
+    if config.uses_sd and config.sd_final_survival is None:
+        filled["sd_final_survival"] = 0.5  # Huang et al. 2016, Sec. 4: p_L = 0.5.
+    return filled
 
 
 def _eif_sizes(config: TrainConfig, batch_size: int) -> dict[str, int]:
@@ -271,6 +312,7 @@ def validate(config: TrainConfig) -> None:
     _check_positive(config)
     _check_optimizer(config)
     _check_probes(config)
+    _check_budget(config)
 
 
 def _check_choices(config: TrainConfig) -> None:
@@ -331,6 +373,29 @@ def _check_probes(config: TrainConfig) -> None:
         _fail("eif_probe_size", config.eif_probe_size, "must be >= 0")
     if config.eif_random_probes < 0:
         _fail("eif_random_probes", config.eif_random_probes, "must be >= 0")
+
+
+def _check_budget(config: TrainConfig) -> None:
+    """smb/smd/sd/e2train: their settings' ranges, and no setting given to another method."""
+    if config.budget is not None and not 0 < config.budget <= 1:
+        _fail("budget", config.budget, "a fraction of SGD's iterations in (0, 1]")
+    if config.smd_skip is not None and not 0 <= config.smd_skip < 1:
+        _fail("smd_skip", config.smd_skip, "a probability in [0, 1)")
+    if config.sd_final_survival is not None and not 0 < config.sd_final_survival <= 1:
+        _fail("sd_final_survival", config.sd_final_survival, "a probability in (0, 1]")
+    users = {"budget": ("smb", "smd"), "smd_skip": ("smd", "e2train")}
+    users["sd_final_survival"] = ("sd", "e2train")
+    for name, methods in users.items():
+        if getattr(config, name) is not None and config.method not in methods:
+            _fail(name, getattr(config, name), f"only --method={' or '.join(methods)} uses it")
+    if (
+        config.method == "smd"
+        and None not in (config.budget, config.smd_skip)
+        and not math.isclose(config.smd_skip, 1.0 - config.budget)
+    ):
+        _fail("smd_skip", config.smd_skip, f"--budget={config.budget} sets it to 1 - budget")
+    if config.uses_sd and not models.has_residual_blocks(config.model):
+        _fail("method", config.method, f"--model={config.model} has no residual blocks")
 
 
 # --- Flags: derived from the fields -----------------------------------------------------------
