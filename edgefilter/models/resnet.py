@@ -1,4 +1,8 @@
-"""ResNets: the CIFAR family (depth 6n+2, He et al. 2016) and the ImageNet ResNet-10/18."""
+"""ResNets: the CIFAR family (depth 6n+2, He et al. 2016) and the ImageNet ResNet-10/18.
+
+``final_survival`` (``None``: off) trains either family with stochastic depth
+(:mod:`edgefilter.models.stochastic_depth`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from edgefilter.models import stochastic_depth
 from edgefilter.models.layers import Ops
 
 
@@ -23,13 +28,30 @@ class BasicBlock(nn.Module):
     stride: int
     shortcut: str  # "A" or "B"
     ops: Ops
+    survival: float | None = None  # Stochastic depth's p_l; None: always computed.
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        y = self.ops.conv(self.features, 3, stride=self.stride)(x)
-        y = nn.relu(self.ops.batch_norm(train)(y))
-        y = self.ops.conv(self.features, 3)(y)
-        y = self.ops.batch_norm(train, name="bn_out")(y)
+        def residual(x: jax.Array) -> jax.Array:
+            y = self.ops.conv(self.features, 3, stride=self.stride, name="Conv_0")(x)
+            y = nn.relu(self.ops.batch_norm(train, name="BatchNorm_0")(y))
+            y = self.ops.conv(self.features, 3, name="Conv_1")(y)
+            return self.ops.batch_norm(train, name="bn_out")(y)
+
+        if self.survival is None:
+            y = residual(x)
+        elif not train:  # Huang et al. Eq. 5: the residual scaled by its survival p_l.
+            y = self.survival * residual(x)
+        else:  # Bypassed for the whole mini-batch with probability 1 - p_l.
+            keep = jax.random.bernoulli(self.make_rng("dropout"), self.survival)
+            self.sow(stochastic_depth.COLLECTION, "kept", keep)
+            y = nn.cond(
+                keep,
+                lambda module, x: residual(x),
+                lambda module, x: jnp.zeros(_residual_shape(x, self), x.dtype),
+                self,
+                x,
+            )
         if self.stride != 1 or x.shape[-1] != self.features:
             if self.shortcut == "A":
                 x = x[:, :: self.stride, :: self.stride, :]
@@ -41,20 +63,35 @@ class BasicBlock(nn.Module):
         return nn.relu(x + y)
 
 
+def _residual_shape(x: jax.Array, block: BasicBlock) -> tuple[int, ...]:
+    """The residual branch's output shape (SAME padding, stride ``block.stride``)."""
+    n, h, w, _ = x.shape
+    s = block.stride
+    return (n, -(-h // s), -(-w // s), block.features)
+
+
+def _survivals(num_blocks: int, final_survival: float | None) -> list[float | None]:
+    if final_survival is None:
+        return [None] * num_blocks
+    return list(stochastic_depth.survival_probabilities(num_blocks, final_survival))
+
+
 class CifarResNet(nn.Module):
     """CIFAR ResNet of depth 6n+2: 3x3 conv 16, three stages of n blocks (16/32/64)."""
 
     num_classes: int
     blocks_per_stage: int
     ops: Ops = Ops()
+    final_survival: float | None = None  # Stochastic depth's p_L; None: off.
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         x = nn.relu(self.ops.batch_norm(train)(self.ops.conv(16, 3, first=True)(x)))
+        survivals = iter(_survivals(3 * self.blocks_per_stage, self.final_survival))
         for stage, features in enumerate((16, 32, 64)):
             for block in range(self.blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(features, stride, "A", self.ops)(x, train)
+                x = BasicBlock(features, stride, "A", self.ops, next(survivals))(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return self.ops.dense(self.num_classes)(x)
 
@@ -71,6 +108,7 @@ class ImageNetResNet(nn.Module):
     stage_sizes: Sequence[int]
     input_downsample: int = 1
     ops: Ops = Ops()
+    final_survival: float | None = None  # Stochastic depth's p_L; None: off.
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -80,10 +118,11 @@ class ImageNetResNet(nn.Module):
         x = self.ops.conv(64, 7, stride=2, padding=((3, 3), (3, 3)), first=True)(x)
         x = nn.relu(self.ops.batch_norm(train)(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        survivals = iter(_survivals(sum(self.stage_sizes), self.final_survival))
         for stage, blocks in enumerate(self.stage_sizes):
             features = 64 * 2**stage
             for block in range(blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(features, stride, "B", self.ops)(x, train)
+                x = BasicBlock(features, stride, "B", self.ops, next(survivals))(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return self.ops.dense(self.num_classes)(x)

@@ -21,6 +21,7 @@ from edgefilter import backends, models
 from edgefilter import data as data_lib
 from edgefilter.backends.xla_cpu.layers import small_kernel_conv
 from edgefilter.method import emp, quant
+from edgefilter.models import stochastic_depth
 from edgefilter.models.state import TrainState, create_train_state
 from edgefilter.training import config as config_lib
 
@@ -103,7 +104,7 @@ def train_step_body(
             {"params": params, "batch_stats": state.batch_stats},
             x,
             train=True,
-            mutable=["batch_stats"],
+            mutable=["batch_stats", stochastic_depth.COLLECTION],
             rngs={"dropout": dropout_key},
         )
         loss, per_instance = weighted_cross_entropy(logits, labels, weights)
@@ -118,6 +119,8 @@ def train_step_body(
         "loss": loss,
         "accuracy": jnp.sum(correct * weights) / jnp.maximum(jnp.sum(weights), 1.0),
     }
+    if stochastic_depth.COLLECTION in updates:  # Per residual block: bypassed in this step.
+        metrics["sd_skipped"] = stochastic_depth.skipped(updates[stochastic_depth.COLLECTION])
     return state, metrics, per_instance
 
 
@@ -176,6 +179,7 @@ def build_model(
     prune_first_layer: bool = False,
     *,
     xla_cpu: bool | None = None,
+    final_survival: float | None = None,
 ) -> nn.Module:
     """Model ``name`` whose convs prune error maps (``policy``) and compute in ``bits``.
 
@@ -188,8 +192,12 @@ def build_model(
     with a tiny or single-channel kernel (LeNet's, the MNIST filter's) runs as a sum of
     per-tap matmuls (``backends.xla_cpu.layers.small_kernel_conv``); the values are the
     same either way.
+
+    ``final_survival`` (ResNets only) trains with stochastic depth, ``p_L`` of its
+    last block (:mod:`edgefilter.models.stochastic_depth`).
     """
     xla_cpu = backends.use_xla_cpu(xla_cpu)
+    options = {} if final_survival is None else {"final_survival": final_survival}
     conv = quant.conv_general_dilated(bits, policy=policy, xla_cpu=xla_cpu)
     if prune_first_layer:
         first = conv
@@ -204,4 +212,5 @@ def build_model(
         first_conv_general_dilated=first,
         dot_general=quant.dot_general(bits),
         xla_cpu=xla_cpu,
+        **options,
     )
