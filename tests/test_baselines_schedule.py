@@ -90,7 +90,7 @@ def test_smb_run_compresses_the_schedule_and_counts_against_the_full_stream(tmp_
     compute = summary["compute"]
     assert compute["sgd_same_stream"] == 640 * train and compute["total"] == 320 * train
     assert compute["reduction"] == pytest.approx(0.5)
-    assert summary["budget"] == {"skipped_batches": 0, "skipped_block_forwards": 0}
+    assert set(summary["budget"].values()) == {0}  # Nothing skipped, every key there.
 
 
 # --- Settings ----------------------------------------------------------------------------
@@ -114,6 +114,12 @@ def test_smb_run_compresses_the_schedule_and_counts_against_the_full_stream(tmp_
         ),
         (dict(method="sd", model="lenet"), "--method='sd' is invalid: --model=lenet has no"),
         (dict(method="e2train", model="vgg11"), "--method='e2train' is invalid: --model=vgg11"),
+        (
+            dict(method="e2train", model="resnet18"),
+            "--method='e2train' is invalid: --model=resnet18 is not a CIFAR ResNet",
+        ),
+        (dict(method="e2train", slu_minimum=101.0), "--slu_minimum=101.0 is invalid: a perc"),
+        (dict(method="sd", slu_beta=0.1), "--slu_beta=0.1 is invalid: only --method=e2train"),
     ],
 )
 def test_bad_settings_name_the_flag_in_one_line(values, message):
@@ -130,6 +136,8 @@ def test_the_sources_defaults_and_the_budget_mapping():
     assert resolved(method="smd").smd_skip == 0.5
     assert resolved(method="smd", budget=0.25).smd_skip == 0.75
     assert resolved(method="sd", model="resnet20").sd_final_survival == 0.5
+    e2train = resolved(method="e2train", model="resnet20")
+    assert (e2train.smd_skip, e2train.slu_beta, e2train.slu_minimum) == (0.5, 1e-5, 100.0)
     plain = resolved(method="sgd")
     assert (plain.budget, plain.smd_skip, plain.sd_final_survival) == (None, None, None)
 
@@ -178,7 +186,11 @@ def test_smd_run_sends_only_the_kept_chunks_to_the_device(tmp_path, tiny_dataset
     skipped = budget.smd_skipped(3, range(8), 0.5)
     kept = [c for c in range(8) if not skipped[c]]
     assert 0 < len(kept) < 8 and sent == kept
-    assert summary["budget"] == {"skipped_batches": 8 - len(kept), "skipped_block_forwards": 0}
+    assert summary["budget"] == {
+        "skipped_batches": 8 - len(kept),
+        "skipped_block_forwards": 0,
+        "slu_gated_instance_blocks": 0,
+    }
     assert summary["instances_trained"] == M * len(kept) and summary["steps"] == 8
     train = flops.per_instance("lenet_slim", (28, 28, 1), 10)["train"]
     assert summary["compute"]["total"] == len(kept) * M * train
@@ -259,7 +271,9 @@ def test_bypassed_blocks_are_not_counted(rgb_dataset):
 
 
 def test_sd_run_counts_the_blocks_it_bypassed(tmp_path, rgb_dataset):
-    summary = _run(tmp_path, rgb_dataset, method="sd", model="resnet8", batch_size=8, steps=4)
+    summary = _run(
+        tmp_path, rgb_dataset, method="sd", model="resnet8", batch_size=8, steps=4, block_chunks=1
+    )
     with open(tmp_path / "run" / "metrics.jsonl") as f:
         records = [json.loads(line) for line in f]
     per_chunk = [r["blocks_skipped"] for r in records if "blocks_skipped" in r]
@@ -268,3 +282,69 @@ def test_sd_run_counts_the_blocks_it_bypassed(tmp_path, rgb_dataset):
     dense = flops.per_instance("resnet8", (8, 8, 3), 10)["train"]
     assert summary["compute"]["total"] < 32 * dense
     assert summary["compute"]["sgd_same_stream"] == 32 * dense
+
+
+# --- E2-Train ----------------------------------------------------------------------------
+
+
+def test_slu_gates_cost_what_was_worked_by_hand():
+    # resnet8 on 8x8x3 has 3 blocks and 2 gates (none before the first block, none after
+    # the last): embeddings 16 x 10 and 32 x 10, the shared LSTM (10 + 10) x 40 twice,
+    # its projection 10 x 1 twice: 160 + 320 + 1600 + 20 MACs forward per instance.
+    plain = flops.per_instance("resnet8", (8, 8, 3), 10)
+    gated = flops.per_instance("resnet8", (8, 8, 3), 10, slu=(1e-5, 100.0))
+    assert gated["forward"] - plain["forward"] == 2100
+    assert gated["train"] - plain["train"] == 3 * 2100  # None of them is the first layer.
+
+
+@pytest.mark.parametrize("bias", [-50.0, 50.0])
+def test_slu_runs_a_block_or_passes_its_shortcut_per_instance(bias):
+    x = np.random.default_rng(2).standard_normal((3, 8, 8, 3)).astype(np.float32)
+    model = models.create("resnet8", 10, slu=(1e-3, 100.0), xla_cpu=False)
+    plain = models.create("resnet8", 10, xla_cpu=False)
+    variables = numpy_variables(model, x, train=False)
+    variables["params"]["slu_gate"]["proj"]["bias"] = np.full((1,), bias, np.float32)
+    rngs = {"dropout": jax.random.key(0)}
+    mutable = ["batch_stats", "losses", "slu"]
+    logits, updates = model.apply(variables, x, train=True, rngs=rngs, mutable=mutable)
+    params = {k: v for k, v in variables["params"].items() if not k.startswith("slu_")}
+    shared = {"params": params, "batch_stats": variables["batch_stats"]}
+    reference, state = plain.apply(
+        shared, x, train=True, mutable=["batch_stats", "intermediates"], capture_intermediates=True
+    )
+    if bias > 0:  # q ~ 1: every instance runs every block, the plain network's output.
+        np.testing.assert_allclose(logits, reference, rtol=1e-5, atol=1e-5)
+        executed = 2 * 3
+    else:  # q ~ 0: blocks 2 and 3 pass the first block's output through their shortcuts.
+        first = state["intermediates"]["BasicBlock_0"]["__call__"][0]
+        h = resnet.shortcut_a(resnet.shortcut_a(first, 2, 32), 2, 64)
+        dense = shared["params"]["Dense_0"]
+        by_hand = np.mean(np.asarray(h), axis=(1, 2)) @ dense["kernel"] + dense["bias"]
+        np.testing.assert_allclose(logits, by_hand, rtol=1e-5, atol=1e-5)
+        executed = 0
+    assert int(updates["slu"]["gated"][0]) == 2 * 3 - executed
+    # The cost term at the source's reg = -1 (executed percentage <= 100): -beta * sum(m).
+    np.testing.assert_allclose(updates["losses"]["slu_cost"][0], -1e-3 * executed, atol=1e-6)
+
+
+def test_e2train_run_at_8_bits_counts_kept_batches_and_its_gates(tmp_path, rgb_dataset):
+    summary = _run(
+        tmp_path,
+        rgb_dataset,
+        method="e2train",
+        model="resnet8",
+        batch_size=8,
+        steps=6,
+        bits=8,
+        block_chunks=1,
+    )
+    skipped = budget.smd_skipped(0, range(6), 0.5)
+    kept = 6 - int(skipped.sum())
+    assert 0 < kept < 6 and summary["budget"]["skipped_batches"] == 6 - kept
+    assert 0 <= summary["budget"]["slu_gated_instance_blocks"] <= kept * 8 * 2
+    gated = flops.per_instance("resnet8", (8, 8, 3), 10, slu=(1e-5, 100.0))["train"]
+    compute = summary["compute"]
+    assert compute["unit"] == "BOP"  # 8-bit operands: 64 / 1024 of a 32-bit MAC.
+    assert compute["total"] == pytest.approx(kept * 8 * gated / 16, rel=1e-9)
+    plain = flops.per_instance("resnet8", (8, 8, 3), 10)["train"]
+    assert compute["sgd_same_stream"] == 48 * plain

@@ -167,6 +167,8 @@ FLAG_DEFAULTS = {
     "budget": None,
     "smd_skip": None,
     "sd_final_survival": None,
+    "slu_beta": None,
+    "slu_minimum": None,
 }
 
 
@@ -331,5 +333,6 @@ def test_emp_config_names_its_own_field(make, message):
 
 def test_every_flag_has_a_value_once_resolved():
     flat = config_lib.as_flags(config_lib.resolve(TrainConfig()))
-    unused = ["budget", "smd_skip", "sd_final_survival"]  # Settings of other methods.
+    # Settings of other methods.
+    unused = ["budget", "smd_skip", "sd_final_survival", "slu_beta", "slu_minimum"]
     assert [k for k, v in flat.items() if v is None] == ["steps", "data_dir", *unused]

@@ -124,11 +124,17 @@ def has_residual_blocks(name: str) -> bool:
     return residual_blocks(name) > 0
 
 
+def has_slu_gates(name: str) -> bool:
+    """Whether model ``name`` takes E2-Train's SLU gates (the CIFAR ResNets)."""
+    return name in _CIFAR_DEPTHS
+
+
 __all__ = [
     "MODEL_NAMES",
     "Ops",
     "create",
     "has_batch_norm",
     "has_residual_blocks",
+    "has_slu_gates",
     "residual_blocks",
 ]

@@ -1,7 +1,8 @@
 """ResNets: the CIFAR family (depth 6n+2, He et al. 2016) and the ImageNet ResNet-10/18.
 
 ``final_survival`` (``None``: off) trains either family with stochastic depth
-(:mod:`edgefilter.models.stochastic_depth`).
+(:mod:`edgefilter.models.stochastic_depth`); ``slu`` (``None``: off) gives a CIFAR ResNet
+E2-Train's recurrent gates (:mod:`edgefilter.models.selective_layer_update`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from edgefilter.models import selective_layer_update as slu_lib
 from edgefilter.models import stochastic_depth
 from edgefilter.models.layers import Ops
 
@@ -54,13 +56,18 @@ class BasicBlock(nn.Module):
             )
         if self.stride != 1 or x.shape[-1] != self.features:
             if self.shortcut == "A":
-                x = x[:, :: self.stride, :: self.stride, :]
-                extra = self.features - x.shape[-1]
-                x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+                x = shortcut_a(x, self.stride, self.features)
             else:
                 x = self.ops.conv(self.features, 1, stride=self.stride, name="proj")(x)
                 x = self.ops.batch_norm(train, name="proj_bn")(x)
         return nn.relu(x + y)
+
+
+def shortcut_a(x: jax.Array, stride: int, features: int) -> jax.Array:
+    """Option A: subsample by ``stride``, zero-pad to ``features`` channels (both sides)."""
+    x = x[:, ::stride, ::stride, :]
+    extra = features - x.shape[-1]
+    return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 
 
 def _residual_shape(x: jax.Array, block: BasicBlock) -> tuple[int, ...]:
@@ -83,17 +90,43 @@ class CifarResNet(nn.Module):
     blocks_per_stage: int
     ops: Ops = Ops()
     final_survival: float | None = None  # Stochastic depth's p_L; None: off.
+    slu: tuple[float, float] | None = None  # E2-Train's gates: (beta, minimum); None: off.
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         x = nn.relu(self.ops.batch_norm(train)(self.ops.conv(16, 3, first=True)(x)))
-        survivals = iter(_survivals(3 * self.blocks_per_stage, self.final_survival))
+        num_blocks = 3 * self.blocks_per_stage
+        survivals = iter(_survivals(num_blocks, self.final_survival))
+        gate = None if self.slu is None else slu_lib.RecurrentGate(self.ops, name="slu_gate")
+        carry = (jnp.zeros((len(x), slu_lib.HIDDEN)),) * 2
+        masks, q = [], None
         for stage, features in enumerate((16, 32, 64)):
             for block in range(self.blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(features, stride, "A", self.ops, next(survivals))(x, train)
+                out = BasicBlock(features, stride, "A", self.ops, next(survivals))(x, train)
+                if gate is not None and (stage, block) != (0, 0):  # The first always runs.
+                    m = self._slu_mask(q, train)[:, None, None, None]
+                    masks.append(m[:, 0, 0, 0])
+                    out = m * out + (1 - m) * shortcut_a(x, stride, features)
+                x = out
+                if gate is not None and len(masks) < num_blocks - 1:  # No gate after the last.
+                    pooled = jnp.mean(x, axis=(1, 2))
+                    embedded = self.ops.dense(slu_lib.EMBED, name=f"slu_embed_{len(masks)}")
+                    carry, q = gate(embedded(pooled), carry)
+        if gate is not None and train:
+            stacked = jnp.stack(masks)
+            self.sow("losses", "slu_cost", slu_lib.cost_term(stacked, *self.slu))
+            gated = jnp.sum(1 - jax.lax.stop_gradient(stacked))
+            self.sow(slu_lib.COLLECTION, "gated", gated)
         x = jnp.mean(x, axis=(1, 2))
         return self.ops.dense(self.num_classes)(x)
+
+    def _slu_mask(self, q: jax.Array, train: bool) -> jax.Array:
+        """Per instance: run the block if q > u (training, straight-through) or q > 0.5."""
+        if not train:
+            return (q > 0.5).astype(q.dtype)
+        u = jax.random.uniform(self.make_rng("dropout"), q.shape)
+        return (q > u).astype(q.dtype) - jax.lax.stop_gradient(q) + q
 
 
 class ImageNetResNet(nn.Module):

@@ -20,11 +20,13 @@ compared against, :mod:`edgefilter.training.budget`);
 bit-operations (BOP, in 32x32-bit MAC equivalents): a MAC of two b-bit operands counts
 ``b * b / 32**2`` (the filter runs at the same bits as the main network).
 
-SMD's skipped mini-batches are not counted (they take a zero-gradient optimizer step and
-no pass of the network); nor is stochastic depth's bypassed residual blocks' forward and
-backward, counted per block from the skips the run realised (``skipped_blocks`` in the
-loop state: per block, the mini-batches that bypassed it). :func:`budget_summary` gives
-both counts, zero for the methods that skip nothing.
+E2-Train's SLU gates are counted as layers of the main network (``run`` below); the
+blocks they gate off per instance are computed, so counted. SMD's skipped mini-batches
+are not counted (they take a zero-gradient optimizer step and no pass of the network);
+nor are stochastic depth's bypassed residual blocks' forward and backward, counted per
+block from the skips the run realised (``skipped_blocks`` in the loop state: per block,
+the mini-batches that bypassed it). :func:`budget_summary` gives these counts, zero for
+the methods that skip nothing.
 
 EMP's ``threshold`` policy keeps a data-dependent number of channels per step; its
 kept counts are not recorded, so its backward is counted dense (an upper bound) and
@@ -41,6 +43,7 @@ from edgefilter import data as data_lib
 from edgefilter.method import flops
 from edgefilter.training import config as config_lib
 from edgefilter.training import runners
+from edgefilter.training import steps as steps_lib
 
 
 def run_compute(
@@ -55,7 +58,9 @@ def run_compute(
     instances this run streamed; SMB streams a budget of it).
     """
     shape, classes, m = info.image_shape, info.num_classes, config.batch_size
-    dense = flops.per_instance(config.model, shape, classes)
+    dense = flops.per_instance(config.model, shape, classes)  # SGD's network.
+    # The run's network: with E2-Train's gates, their layers too (sd adds no layer).
+    run = flops.per_instance(config.model, shape, classes, **steps_lib.model_options(config))
     batch = config.eif_batch_size if config.uses_eif else m  # Instances per main step.
     # SMD's skipped batches took an optimizer step (state.step) but computed nothing.
     main_steps = int(loop["state"].step) - int(loop.get("skipped_batches", 0))
@@ -73,11 +78,11 @@ def run_compute(
         backward = pruned["error_propagation"] + pruned["weight_gradient"]
         selection = pruned["selection"] * slots
     else:
-        backward = dense["error_propagation"] + dense["weight_gradient"]
+        backward = run["error_propagation"] + run["weight_gradient"]
         selection = 0.0
     scale = flops.scale_for_bits(config.bits)
     breakdown = {
-        "main_forward": slots * dense["forward"] * scale,
+        "main_forward": slots * run["forward"] * scale,
         "main_backward": slots * backward * scale,
         "emp_selection": selection,
     }
@@ -139,10 +144,13 @@ def _skipped_block_macs(
 
 def budget_summary(config: config_lib.TrainConfig, loop: dict[str, Any]) -> dict[str, int]:
     """summary.json's ``budget`` block, the same keys for every method (zero if unused):
-    mini-batches SMD skipped, and residual-block forwards stochastic depth bypassed (per
-    mini-batch, summed over blocks)."""
+    mini-batches SMD skipped, residual-block forwards stochastic depth bypassed (per
+    mini-batch, summed over blocks), and the instance-blocks E2-Train's SLU gated off,
+    which were computed and are counted (:mod:`edgefilter.models.selective_layer_update`;
+    the source counts them as saved)."""
     del config
     return {
         "skipped_batches": int(loop.get("skipped_batches", 0)),
         "skipped_block_forwards": int(np.sum(loop.get("skipped_blocks", 0))),
+        "slu_gated_instance_blocks": int(loop.get("slu_gated", 0)),
     }

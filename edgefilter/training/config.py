@@ -186,7 +186,15 @@ class TrainConfig:
         None, "smd/e2train: probability that a mini-batch is skipped (E2-Train: 0.5)."
     )
     sd_final_survival: float | None = setting(
-        None, "sd/e2train: survival probability p_L of the last residual block (Huang: 0.5)."
+        None, "sd: survival probability p_L of the last residual block (Huang et al.: 0.5)."
+    )
+    slu_beta: float | None = setting(
+        None, "e2train: weight of SLU's computational-cost term (E2-Train's code: 1e-5)."
+    )
+    slu_minimum: float | None = setting(
+        None,
+        "e2train: executed percentage of gated blocks below which the cost term rewards "
+        "executing (E2-Train's code: 100, i.e. always).",
     )
 
     @property
@@ -205,7 +213,7 @@ class TrainConfig:
     @property
     def uses_sd(self) -> bool:
         """Whether residual blocks are bypassed (edgefilter.models.stochastic_depth)."""
-        return self.method in ("sd", "e2train")
+        return self.method == "sd"
 
 
 # --- The paper's defaults -------------------------------------------------------------------
@@ -280,6 +288,9 @@ def _budget_defaults(config: TrainConfig) -> dict[str, float]:
         filled["smd_skip"] = 0.5 if config.budget is None else 1.0 - config.budget
     if config.uses_sd and config.sd_final_survival is None:
         filled["sd_final_survival"] = 0.5  # Huang et al. 2016, Sec. 4: p_L = 0.5.
+    if config.method == "e2train":  # E2-Train's main_all.py: --beta 1e-5, --minimum 100.
+        filled["slu_beta"] = 1e-5 if config.slu_beta is None else config.slu_beta
+        filled["slu_minimum"] = 100.0 if config.slu_minimum is None else config.slu_minimum
     return filled
 
 
@@ -383,8 +394,12 @@ def _check_budget(config: TrainConfig) -> None:
         _fail("smd_skip", config.smd_skip, "a probability in [0, 1)")
     if config.sd_final_survival is not None and not 0 < config.sd_final_survival <= 1:
         _fail("sd_final_survival", config.sd_final_survival, "a probability in (0, 1]")
+    if config.slu_beta is not None and not config.slu_beta >= 0:
+        _fail("slu_beta", config.slu_beta, "must be >= 0")
+    if config.slu_minimum is not None and not 0 <= config.slu_minimum <= 100:
+        _fail("slu_minimum", config.slu_minimum, "a percentage in [0, 100]")
     users = {"budget": ("smb", "smd"), "smd_skip": ("smd", "e2train")}
-    users["sd_final_survival"] = ("sd", "e2train")
+    users.update(sd_final_survival=("sd",), slu_beta=("e2train",), slu_minimum=("e2train",))
     for name, methods in users.items():
         if getattr(config, name) is not None and config.method not in methods:
             _fail(name, getattr(config, name), f"only --method={' or '.join(methods)} uses it")
@@ -396,6 +411,8 @@ def _check_budget(config: TrainConfig) -> None:
         _fail("smd_skip", config.smd_skip, f"--budget={config.budget} sets it to 1 - budget")
     if config.uses_sd and not models.has_residual_blocks(config.model):
         _fail("method", config.method, f"--model={config.model} has no residual blocks")
+    if config.method == "e2train" and not models.has_slu_gates(config.model):
+        _fail("method", config.method, f"--model={config.model} is not a CIFAR ResNet (SLU)")
 
 
 # --- Flags: derived from the fields -----------------------------------------------------------

@@ -10,7 +10,8 @@
   cover yet: the paper's argmax rule (a data-dependent count per chunk) and a main batch
   other than ``round(r_set * m)`` (``--eif_batch_size``).
 * :class:`BudgetRunner`: the engine for ``smd``, ``sd`` and ``e2train``: SMD's skipped
-  chunks never reach the device; stochastic depth's bypassed blocks are counted.
+  chunks never reach the device; stochastic depth's bypassed blocks and SLU's gated
+  instance-blocks are counted.
 
 A runner's state is part of the loop state (``initial``), so it is checkpointed with the
 rest; ``run_block`` takes a list of ``(indices, weights, chunk)`` (training-set indices
@@ -181,6 +182,8 @@ class BudgetRunner(EngineRunner):
         counts = {"skipped_batches": np.asarray(0, np.int64)}
         if self.config.uses_sd:
             counts["skipped_blocks"] = np.zeros(self.num_blocks, np.int64)
+        if self.config.method == "e2train":
+            counts["slu_gated"] = np.asarray(0, np.int64)
         return {**super().initial(), **counts}
 
     def _dispatch(
@@ -228,6 +231,9 @@ class BudgetRunner(EngineRunner):
             per_block = metrics.pop("sd_skipped")
             loop["skipped_blocks"] = loop["skipped_blocks"] + per_block.sum(0).astype(np.int64)
             metrics["blocks_skipped"] = per_block.sum(1)
+        if "slu_gated" in metrics:  # Instance-blocks SLU gated off (computed all the same).
+            gated = np.asarray(loop["slu_gated"] + int(metrics["slu_gated"].sum()), np.int64)
+            loop["slu_gated"] = gated
         trained = loop["trained"] + int(np.sum(metrics["trained"]))
         loop["trained"] = np.asarray(trained, np.int64)
         return loop, _records(metrics, [c for _, _, c in kept])
@@ -252,7 +258,7 @@ def build_runner(
         steps_lib.emp_policy(config),
         config.emp.first_layer,
         xla_cpu=config.xla_cpu,
-        final_survival=config.sd_final_survival if config.uses_sd else None,
+        **steps_lib.model_options(config),
     )
     filter_model = None
     if config.uses_eif:
@@ -268,7 +274,7 @@ def build_runner(
     tx = steps_lib.make_optimizer(config, main_steps)
     root, init_key = jax.random.split(jax.random.key(config.seed))
     state = steps_lib.create_train_state(model, tx, init_key, info.image_shape)
-    if selector is not None and (config.uses_smd or config.uses_sd):  # smd, sd, e2train.
+    if selector is not None and config.method in ("smd", "sd", "e2train"):
         blocks = models.residual_blocks(config.model)
         return BudgetRunner(config, info, selector, dataset, root, num_blocks=blocks), state
     if selector is not None:
