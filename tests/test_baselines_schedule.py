@@ -348,3 +348,13 @@ def test_e2train_run_at_8_bits_counts_kept_batches_and_its_gates(tmp_path, rgb_d
     assert compute["total"] == pytest.approx(kept * 8 * gated / 16, rel=1e-9)
     plain = flops.per_instance("resnet8", (8, 8, 3), 10)["train"]
     assert compute["sgd_same_stream"] == 48 * plain
+
+
+def test_a_resumed_smd_run_skips_the_same_batches_and_ends_the_same(tmp_path, tiny_dataset):
+    # Stopped after 3 chunks (a checkpoint), resumed to 6, against 6 in one go.
+    _run(tmp_path, tiny_dataset, "resumed", method="smd", steps=3, seed=1)
+    resumed = _run(tmp_path, tiny_dataset, "resumed", method="smd", steps=6, seed=1)
+    whole = _run(tmp_path, tiny_dataset, "whole", method="smd", steps=6, seed=1)
+    assert resumed["budget"] == whole["budget"]
+    assert resumed["budget"]["skipped_batches"] == int(budget.smd_skipped(1, range(6), 0.5).sum())
+    chex.assert_trees_all_close(resumed["state"].params, whole["state"].params, atol=1e-6)
