@@ -32,6 +32,18 @@ Deviations, each stated where it matters:
 * at test time a block runs for an instance when ``q > 0.5`` (SkipNet's inference
   rule; the source keeps sampling ``u`` in evaluation).
 
+**E2-Train as a whole** (``--method=e2train``): SMD (:mod:`edgefilter.training.budget`,
+each mini-batch skipped with probability 0.5) + SLU (this module), on the CIFAR ResNets;
+``--bits=8`` trains at 8 bits with :mod:`edgefilter.quant`'s quantizer (the source has
+its own ``quantize``). Not reproduced: the predictive sign gradient (PSG). The released
+code computes every conv twice (8-bit operands and their 4-bit most significant bits),
+back-propagates through both, keeps the 4-bit weight gradient where its magnitude is at
+least ``--threshold`` (5e-5) and the 8-bit one elsewhere, and applies the sign of the
+mix; both gradients are computed in full, so counted honestly PSG would add work rather
+than save it, and its saving exists only on hardware that computes the 8-bit gradient
+where the 4-bit one is small. Its effect on accuracy (sign updates) is therefore absent
+from e2train's results here.
+
 Each training call sows, in the ``"losses"`` collection, the cost term (the train step
 adds it to the loss) and, in ``"slu"``, the number of gated-off instance-blocks.
 """
