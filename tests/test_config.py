@@ -164,6 +164,12 @@ FLAG_DEFAULTS = {
     "eif_batch_size": None,
     "eif_probe_size": None,
     "eif_random_probes": 1,
+    # smb, smd, sd, e2train: None takes the source's default for the method.
+    "budget": None,
+    "smd_skip": None,
+    "sd_final_survival": None,
+    "slu_beta": None,
+    "slu_minimum": None,
 }
 
 
@@ -247,6 +253,7 @@ def test_uses_emp_and_uses_eif_follow_the_method():
         "emp": (True, False),
         "eif": (False, True),
         "eif_emp": (True, True),
+        **dict.fromkeys(config_lib.BUDGET_METHODS, (False, False)),
     }
 
 
@@ -329,4 +336,6 @@ def test_emp_config_names_its_own_field(make, message):
 
 def test_every_flag_has_a_value_once_resolved():
     flat = config_lib.as_flags(config_lib.resolve(TrainConfig()))
-    assert [k for k, v in flat.items() if v is None] == ["steps", "data_dir"]
+    # Settings of other methods.
+    unused = ["budget", "smd_skip", "sd_final_survival", "slu_beta", "slu_minimum"]
+    assert [k for k, v in flat.items() if v is None] == ["steps", "data_dir", *unused]

@@ -118,4 +118,29 @@ def has_batch_norm(name: str) -> bool:
     return name not in _WITHOUT_BATCH_NORM
 
 
-__all__ = ["MODEL_NAMES", "Ops", "create", "has_batch_norm"]
+def residual_blocks(name: str) -> int:
+    """How many residual blocks model ``name`` has (0 but for the ResNets)."""
+    if name in _CIFAR_DEPTHS:
+        return 3 * ((_CIFAR_DEPTHS[name] - 2) // 6)
+    return {"resnet10": 4, "resnet18": 8}.get(name, 0)
+
+
+def has_residual_blocks(name: str) -> bool:
+    """Whether model ``name`` is a ResNet (stochastic depth bypasses its blocks)."""
+    return residual_blocks(name) > 0
+
+
+def has_slu_gates(name: str) -> bool:
+    """Whether model ``name`` takes E2-Train's SLU gates (the CIFAR ResNets)."""
+    return name in _CIFAR_DEPTHS
+
+
+__all__ = [
+    "MODEL_NAMES",
+    "Ops",
+    "create",
+    "has_batch_norm",
+    "has_residual_blocks",
+    "has_slu_gates",
+    "residual_blocks",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -21,7 +22,9 @@ def create_train_state(
     model: nn.Module, tx: optax.GradientTransformation, key: jax.Array, image_shape: tuple[int, ...]
 ) -> TrainState:
     """Initialises parameters (and batch statistics) for NHWC inputs of ``image_shape``."""
-    variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    # One jitted program: eagerly, every parameter's initializer compiles on its own.
+    init = jax.jit(functools.partial(model.init, train=False))
+    variables = init(key, jnp.zeros((1, *image_shape), jnp.float32))
     state = TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],

@@ -13,7 +13,9 @@ Variants are the methods plus named ablations of the filter: ``eif_static`` (fix
 T_l), ``eif_unweighted`` (unweighted filter loss), ``eif_argmax`` (the paper's argmax
 decision instead of quantile control), ``eif_argmax_static`` (argmax and a fixed T_l:
 the paper's static-threshold ablation) and ``eif_no_uncertainty`` (no uncertainty
-sampling). A variant is a set of flag values (``config.from_flags``) over the base config.
+sampling); ``smb``, ``smd``, ``sd`` and ``e2train`` are the paper's schedule- and
+model-level baselines at their sources' defaults. A variant is a set of flag values
+(``config.from_flags``) over the base config.
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "eif_weighted": False,
     },
     "eif_no_uncertainty": {"method": "eif", "eif_uncertainty": False},
+    # The paper's schedule- and model-level baselines at their sources' defaults: SMB at
+    # budget 0.5, SMD skipping half the mini-batches, SD with p_L = 0.5 (ResNets), E2-Train
+    # (SMD + SLU; CIFAR ResNets). training.budget, models.stochastic_depth, ...
+    "smb": {"method": "smb"},
+    "smd": {"method": "smd"},
+    "sd": {"method": "sd"},
+    "e2train": {"method": "e2train"},
 }
 
 

@@ -46,6 +46,10 @@ BUDGET_FLAG: dict[str, str | None] = {
     "eif_argmax_static": "r_set",
     "eif_argmax_unweighted": "r_set",
     "eif_no_uncertainty": "r_set",
+    "smb": "budget",  # A fraction of SGD's iterations (training.budget).
+    "smd": "budget",  # Each mini-batch kept with probability budget.
+    "sd": None,  # Its saving is set by --sd_final_survival, not a budget.
+    "e2train": None,
 }
 REFERENCE = "sgd"
 

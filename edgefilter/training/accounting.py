@@ -14,9 +14,19 @@ PAPER.md and :mod:`edgefilter.flops`), from what the run actually executed:
   instances (Eq. 4-5), which are probed but not trained on.
 
 ``sgd_same_stream`` is standard SGD training every streamed instance once, in full
-precision; ``reduction = 1 - total / sgd_same_stream``. With ``--bits`` below 32 the
-unit is bit-operations (BOP, in 32x32-bit MAC equivalents): a MAC of two b-bit operands
-counts ``b * b / 32**2`` (the filter runs at the same bits as the main network).
+precision (for SMB, every instance of the full stream it is a budget of: the run it is
+compared against, :mod:`edgefilter.training.budget`);
+``reduction = 1 - total / sgd_same_stream``. With ``--bits`` below 32 the unit is
+bit-operations (BOP, in 32x32-bit MAC equivalents): a MAC of two b-bit operands counts
+``b * b / 32**2`` (the filter runs at the same bits as the main network).
+
+E2-Train's SLU gates are counted as layers of the main network (``run`` below); the
+blocks they gate off per instance are computed, so counted. SMD's skipped mini-batches
+are not counted (they take a zero-gradient optimizer step and no pass of the network);
+nor are stochastic depth's bypassed residual blocks' forward and backward, counted per
+block from the skips the run realised (``skipped_blocks`` in the loop state: per block,
+the mini-batches that bypassed it). :func:`budget_summary` gives these counts, zero for
+the methods that skip nothing.
 
 EMP's ``threshold`` policy keeps a data-dependent number of channels per step; its
 kept counts are not recorded, so its backward is counted dense (an upper bound) and
@@ -27,20 +37,33 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from edgefilter import data as data_lib
 from edgefilter.method import flops
 from edgefilter.training import config as config_lib
 from edgefilter.training import runners
+from edgefilter.training import steps as steps_lib
 
 
 def run_compute(
-    config: config_lib.TrainConfig, info: data_lib.DatasetInfo, loop: dict[str, Any]
+    config: config_lib.TrainConfig,
+    info: data_lib.DatasetInfo,
+    loop: dict[str, Any],
+    sgd_instances: int | None = None,
 ) -> dict[str, Any]:
-    """The compute block for a finished (or resumed-and-finished) run's loop state."""
+    """The compute block for a finished (or resumed-and-finished) run's loop state.
+
+    ``sgd_instances``: the stream SGD would train on, the reference (default: the
+    instances this run streamed; SMB streams a budget of it).
+    """
     shape, classes, m = info.image_shape, info.num_classes, config.batch_size
-    dense = flops.per_instance(config.model, shape, classes)
+    dense = flops.per_instance(config.model, shape, classes)  # SGD's network.
+    # The run's network: with E2-Train's gates, their layers too (sd adds no layer).
+    run = flops.per_instance(config.model, shape, classes, **steps_lib.model_options(config))
     batch = config.eif_batch_size if config.uses_eif else m  # Instances per main step.
-    main_steps = int(loop["state"].step)
+    # SMD's skipped batches took an optimizer step (state.step) but computed nothing.
+    main_steps = int(loop["state"].step) - int(loop.get("skipped_batches", 0))
     slots = main_steps * batch
     counted_dense = config.uses_emp and config.emp.policy != "topk"
     if config.uses_emp and not counted_dense:
@@ -55,14 +78,18 @@ def run_compute(
         backward = pruned["error_propagation"] + pruned["weight_gradient"]
         selection = pruned["selection"] * slots
     else:
-        backward = dense["error_propagation"] + dense["weight_gradient"]
+        backward = run["error_propagation"] + run["weight_gradient"]
         selection = 0.0
     scale = flops.scale_for_bits(config.bits)
     breakdown = {
-        "main_forward": slots * dense["forward"] * scale,
+        "main_forward": slots * run["forward"] * scale,
         "main_backward": slots * backward * scale,
         "emp_selection": selection,
     }
+    if "skipped_blocks" in loop:  # Stochastic depth: bypassed blocks computed nothing.
+        skipped = _skipped_block_macs(config.model, info, loop["skipped_blocks"], batch)
+        breakdown["main_forward"] -= skipped["forward"] * scale
+        breakdown["main_backward"] -= skipped["backward"] * scale
     if config.uses_eif:
         filt = flops.per_instance(config.filter_model, shape, 2)
         probes = config.eif_probe_size
@@ -71,7 +98,7 @@ def run_compute(
         breakdown["filter_training"] = filter_steps * (batch + probes) * filt["train"] * scale
         breakdown["uncertainty_forward"] = main_steps * probes * dense["forward"] * scale
     total = sum(breakdown.values())
-    sgd = int(loop["position"]) * dense["train"]
+    sgd = int(loop["position"] if sgd_instances is None else sgd_instances) * dense["train"]
     return {
         "unit": "MAC" if config.bits == 32 else "BOP",
         "total": int(round(total)),
@@ -81,4 +108,49 @@ def run_compute(
         "per_instance": dense,
         "emp_counted_dense": counted_dense,
         "counted": "analytic",
+    }
+
+
+def block_costs(model: str, info: data_lib.DatasetInfo) -> list[dict[str, int]]:
+    """Per residual block, in order, its per-instance MACs: ``forward`` and ``backward``.
+
+    A block's layers are those under its flax path ``BasicBlock_<i>/`` (its convs and,
+    for option-B shortcuts, the projection); ``backward`` is their error propagation and
+    weight gradient (:mod:`edgefilter.method.flops`).
+    """
+    blocks: dict[int, dict[str, int]] = {}
+    for layer in flops.per_layer(model, info.image_shape, info.num_classes):
+        head = layer.name.split("/")[0]
+        if head.startswith("BasicBlock_"):
+            cost = blocks.setdefault(
+                int(head.removeprefix("BasicBlock_")), dict.fromkeys(("forward", "backward"), 0)
+            )
+            cost["forward"] += layer.forward
+            cost["backward"] += layer.error_propagation + layer.weight_gradient
+    return [blocks[i] for i in sorted(blocks)]
+
+
+def _skipped_block_macs(
+    model: str, info: data_lib.DatasetInfo, skipped: Any, batch: int
+) -> dict[str, float]:
+    """MACs not computed: each block's cost times the mini-batches that bypassed it."""
+    skipped = np.asarray(skipped, np.int64)
+    costs = block_costs(model, info)
+    return {
+        part: float(batch * sum(int(n) * c[part] for n, c in zip(skipped, costs, strict=True)))
+        for part in ("forward", "backward")
+    }
+
+
+def budget_summary(config: config_lib.TrainConfig, loop: dict[str, Any]) -> dict[str, int]:
+    """summary.json's ``budget`` block, the same keys for every method (zero if unused):
+    mini-batches SMD skipped, residual-block forwards stochastic depth bypassed (per
+    mini-batch, summed over blocks), and the instance-blocks E2-Train's SLU gated off,
+    which were computed and are counted (:mod:`edgefilter.models.selective_layer_update`;
+    the source counts them as saved)."""
+    del config
+    return {
+        "skipped_batches": int(loop.get("skipped_batches", 0)),
+        "skipped_block_forwards": int(np.sum(loop.get("skipped_blocks", 0))),
+        "slu_gated_instance_blocks": int(loop.get("slu_gated", 0)),
     }

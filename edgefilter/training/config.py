@@ -44,12 +44,18 @@ flags                                        methods
 ``--eif_probe_size``, ``--eif_random_probes``
 ``TrainConfig.emp`` (``--emp_*``,            ``EMP_METHODS``: emp, eif_emp
 ``--gamma1``, ``--gamma2``)
+``--budget``                                 smb, smd
+``--smd_skip``                               smd, e2train
+``--sd_final_survival``                      sd
+``--slu_beta``, ``--slu_minimum``            e2train
 every other flag                             every method
 ==========================================  ======================================
 
 A new method's flag adds its owners in its ``setting``. Values are validated whatever
 the method (a bad value is an error even where it would be ignored); a flag given with
-a method that does not use it is ignored with a warning on the command line.
+a method that does not use it is ignored with a warning on the command line, except the
+budget methods' flags, which are refused (``--budget`` with ``--method=sgd`` would read
+as a budget that is not applied).
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ from edgefilter.method.instance_filter import CONTROLS, FilterConfig
 
 __all__ = [
     "BITS",
+    "BUDGET_METHODS",
     "CONTROLS",
     "EMP_POLICIES",
     "FLAGS",
@@ -88,7 +95,10 @@ __all__ = [
     "validate",
 ]
 
-METHODS = ("sgd", "emp", "eif", "eif_emp")
+# Schedule- and model-level baselines (issue 18): edgefilter.training.budget (smb, smd),
+# edgefilter.models.stochastic_depth (sd), and e2train (see TrainConfig.uses_smd).
+BUDGET_METHODS = ("smb", "smd", "sd", "e2train")
+METHODS = ("sgd", "emp", "eif", "eif_emp", *BUDGET_METHODS)
 EIF_METHODS = ("eif", "eif_emp")  # The methods with an instance filter.
 EMP_METHODS = ("emp", "eif_emp")  # The methods that prune error maps.
 EMP_POLICIES = ("topk", "threshold")
@@ -217,6 +227,35 @@ class TrainConfig:
         "EIF: random predicted-L instances sampled per chunk (set T_l under quantile control).",
         methods=EIF_METHODS,
     )
+    # --- smb, smd, sd, e2train (BUDGET_METHODS): None takes the source's default. ---
+    budget: float | None = setting(
+        None,
+        "smb/smd: compute budget in (0, 1], a fraction of SGD's iterations: smb trains on "
+        "the first budget of the stream (default 0.5), smd skips each mini-batch with "
+        "probability 1 - budget (sets --smd_skip).",
+        methods=("smb", "smd"),
+    )
+    smd_skip: float | None = setting(
+        None,
+        "smd/e2train: probability that a mini-batch is skipped (E2-Train: 0.5).",
+        methods=("smd", "e2train"),
+    )
+    sd_final_survival: float | None = setting(
+        None,
+        "sd: survival probability p_L of the last residual block (Huang et al.: 0.5).",
+        methods=("sd",),
+    )
+    slu_beta: float | None = setting(
+        None,
+        "e2train: weight of SLU's computational-cost term (E2-Train's code: 1e-5).",
+        methods=("e2train",),
+    )
+    slu_minimum: float | None = setting(
+        None,
+        "e2train: executed percentage of gated blocks below which the cost term rewards "
+        "executing (E2-Train's code: 100, i.e. always).",
+        methods=("e2train",),
+    )
 
     @property
     def uses_emp(self) -> bool:
@@ -225,6 +264,16 @@ class TrainConfig:
     @property
     def uses_eif(self) -> bool:
         return self.method in EIF_METHODS
+
+    @property
+    def uses_smd(self) -> bool:
+        """Whether whole mini-batches are skipped (edgefilter.training.budget)."""
+        return self.method in ("smd", "e2train")
+
+    @property
+    def uses_sd(self) -> bool:
+        """Whether residual blocks are bypassed (edgefilter.models.stochastic_depth)."""
+        return self.method == "sd"
 
 
 # --- The paper's defaults -------------------------------------------------------------------
@@ -285,9 +334,26 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if config.filter.label_rate is None:  # T_l aims at labelling R_set of the stream H.
         filled["filter"] = dataclasses.replace(config.filter, label_rate=config.filter.r_set)
     filled["xla_cpu"] = backends.use_xla_cpu(config.xla_cpu)
+    filled.update(_budget_defaults(config))
     resolved = dataclasses.replace(config, **filled)
     _check_resolved(resolved)
     return resolved
+
+
+def _budget_defaults(config: TrainConfig) -> dict[str, float]:
+    """The budget methods' settings: SMB's budget, SMD's skip probability, SD's p_L."""
+    filled = {}
+    if config.method == "smb" and config.budget is None:
+        filled["budget"] = 0.5  # The paper's SMB rows (PAPER.md): 50% of SGD's iterations.
+    if config.uses_smd and config.smd_skip is None:
+        # E2-Train's released code skips a mini-batch when U(0, 1) > 0.5.
+        filled["smd_skip"] = 0.5 if config.budget is None else 1.0 - config.budget
+    if config.uses_sd and config.sd_final_survival is None:
+        filled["sd_final_survival"] = 0.5  # Huang et al. 2016, Sec. 4: p_L = 0.5.
+    if config.method == "e2train":  # E2-Train's main_all.py: --beta 1e-5, --minimum 100.
+        filled["slu_beta"] = 1e-5 if config.slu_beta is None else config.slu_beta
+        filled["slu_minimum"] = 100.0 if config.slu_minimum is None else config.slu_minimum
+    return filled
 
 
 def _eif_sizes(config: TrainConfig, batch_size: int) -> dict[str, int]:
@@ -321,6 +387,7 @@ def validate(config: TrainConfig) -> None:
     _check_positive(config)
     _check_optimizer(config)
     _check_probes(config)
+    _check_budget(config)
     _check_finite(config)
 
 
@@ -421,6 +488,34 @@ def _check_resolved(config: TrainConfig) -> None:
             f"at most {limit}: a chunk of --batch_size={config.batch_size} holds {limit} "
             f"instances the filter does not keep (the {train} it keeps are trained)",
         )
+
+
+def _check_budget(config: TrainConfig) -> None:
+    """smb/smd/sd/e2train: their settings' ranges, and no setting given to another method."""
+    if config.budget is not None and not 0 < config.budget <= 1:
+        _fail("budget", config.budget, "a fraction of SGD's iterations in (0, 1]")
+    if config.smd_skip is not None and not 0 <= config.smd_skip < 1:
+        _fail("smd_skip", config.smd_skip, "a probability in [0, 1)")
+    if config.sd_final_survival is not None and not 0 < config.sd_final_survival <= 1:
+        _fail("sd_final_survival", config.sd_final_survival, "a probability in (0, 1]")
+    if config.slu_beta is not None and not config.slu_beta >= 0:
+        _fail("slu_beta", config.slu_beta, "must be >= 0")
+    if config.slu_minimum is not None and not 0 <= config.slu_minimum <= 100:
+        _fail("slu_minimum", config.slu_minimum, "a percentage in [0, 100]")
+    for name in ("budget", "smd_skip", "sd_final_survival", "slu_beta", "slu_minimum"):
+        methods = _BY_NAME[name].methods  # Declared on the field (setting(methods=...)).
+        if getattr(config, name) is not None and config.method not in methods:
+            _fail(name, getattr(config, name), f"only --method={' or '.join(methods)} uses it")
+    if (
+        config.method == "smd"
+        and None not in (config.budget, config.smd_skip)
+        and not math.isclose(config.smd_skip, 1.0 - config.budget)
+    ):
+        _fail("smd_skip", config.smd_skip, f"--budget={config.budget} sets it to 1 - budget")
+    if config.uses_sd and not models.has_residual_blocks(config.model):
+        _fail("method", config.method, f"--model={config.model} has no residual blocks")
+    if config.method == "e2train" and not models.has_slu_gates(config.model):
+        _fail("method", config.method, f"--model={config.model} is not a CIFAR ResNet (SLU)")
 
 
 # --- Flags: derived from the fields -----------------------------------------------------------

@@ -31,6 +31,7 @@ from rich.progress import Progress
 
 from edgefilter import data as data_lib
 from edgefilter.training import accounting, divergence, preflight, runners
+from edgefilter.training import budget as budget_lib
 from edgefilter.training import checkpoint as checkpoint_lib
 from edgefilter.training import config as config_lib
 from edgefilter.training import metrics as metrics_lib
@@ -137,7 +138,10 @@ def train_and_evaluate(
     for warning in preflight.check_run(config, dataset):
         logging.warning("%s", warning)
     num_train = len(dataset.train_images)
-    length = preflight.stream_length(config, num_train)
+    reference = preflight.stream_length(config, num_train)  # SGD's: costs are against it.
+    length = reference
+    if config.method == "smb":  # The first budget of SGD's stream (training.budget).
+        length = budget_lib.smb_length(reference, config.batch_size, config.budget)
     runner, state = runners.build_runner(config, dataset, length)
     loop, checkpointer = _open_workdir(config, workdir, initial_loop(state, runner))
     session = _Session(
@@ -149,6 +153,7 @@ def train_and_evaluate(
         checkpointer=checkpointer,
         eval_step=train_lib.make_eval_step(dataset.info, xla_cpu=config.xla_cpu),
         clock=_Clock.resume(loop),
+        reference_length=reference,
     )
     try:
         with metrics_lib.progress_bar(show_progress) as progress:
@@ -221,6 +226,7 @@ class _Session:
     checkpointer: checkpoint_lib.Checkpointer
     eval_step: Callable
     clock: _Clock
+    reference_length: int  # SGD's stream, against which the compute is counted.
 
     @property
     def num_train(self) -> int:
@@ -383,7 +389,10 @@ def _summary(session: _Session, loop: dict[str, Any]) -> dict[str, Any]:
         "instances_trained": int(loop["trained"]),
         "chunks": int(loop["chunk"]),
         "steps": int(loop["state"].step),
-        "compute": accounting.run_compute(config, session.dataset.info, loop),
+        "compute": accounting.run_compute(
+            config, session.dataset.info, loop, sgd_instances=session.reference_length
+        ),
+        "budget": accounting.budget_summary(config, loop),
         "wall_time_s": wall_time,
         # Measured: the wall time minus evaluation, checkpointing and compilation.
         "train_time_s": wall_time - clock.side - compile_time,

@@ -9,6 +9,9 @@
   through host-side queues, chunk by chunk, for what the interface's fixed shapes do not
   cover yet: the paper's argmax rule (a data-dependent count per chunk) and a main batch
   other than ``round(r_set * m)`` (``--eif_batch_size``).
+* :class:`BudgetRunner`: the engine for ``smd``, ``sd`` and ``e2train``: SMD's skipped
+  chunks never reach the device; stochastic depth's bypassed blocks and SLU's gated
+  instance-blocks are counted.
 
 A runner's state is part of the loop state (``initial``), so it is checkpointed with the
 rest; ``run_block`` takes a list of ``(indices, weights, chunk)`` (training-set indices
@@ -24,10 +27,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from edgefilter import backends, models, select
 from edgefilter import data as data_lib
-from edgefilter import select
+from edgefilter.training import budget, eif_runner
 from edgefilter.training import config as config_lib
-from edgefilter.training import eif_runner
 from edgefilter.training import engine as engine_lib
 from edgefilter.training import steps as steps_lib
 
@@ -152,6 +155,90 @@ class HostQueueRunner:
         return self.runner.compilations()
 
 
+# --- smd, sd, e2train (issue 18): skipped mini-batches, bypassed blocks -------------------
+
+
+class BudgetRunner(EngineRunner):
+    """The stream engine for SMD (skipped chunks) and stochastic depth (bypassed blocks).
+
+    SMD's decisions are made here, on the host (:func:`budget.smd_skipped`: from the
+    seed and the chunk's number): a skipped chunk is not gathered nor sent to the
+    device, and takes a zero-gradient optimizer step (:func:`budget.zero_gradient_step`,
+    as E2-Train's code); the kept chunks run through the engine, as one dispatch when a
+    full block is kept, else one per chunk (block lengths ``block_chunks`` and 1 only,
+    as :class:`EngineRunner`). The loop state counts ``skipped_batches`` and, under
+    stochastic depth, ``skipped_blocks`` (per residual block, the mini-batches that
+    bypassed it), which the accounting subtracts.
+    """
+
+    def __init__(self, *args: Any, num_blocks: int = 0):
+        super().__init__(*args)
+        self.num_blocks = num_blocks
+        self.zero_step = backends.jit(
+            budget.zero_gradient_step, xla_cpu=self.config.xla_cpu, donate_argnums=0
+        )
+
+    def initial(self) -> dict[str, Any]:
+        counts = {"skipped_batches": np.asarray(0, np.int64)}
+        if self.config.uses_sd:
+            counts["skipped_blocks"] = np.zeros(self.num_blocks, np.int64)
+        if self.config.method == "e2train":
+            counts["slu_gated"] = np.asarray(0, np.int64)
+        return {**super().initial(), **counts}
+
+    def _dispatch(
+        self, state: engine_lib.EngineState, group: list[tuple[np.ndarray, np.ndarray, int]]
+    ) -> tuple[engine_lib.EngineState, dict[str, Any]]:
+        m, shape = self.config.batch_size, self.info.image_shape
+        indices = np.stack([idx for idx, _, _ in group]).reshape(-1)
+        valid = np.stack([w > 0 for _, w, _ in group])
+        numbers = np.asarray([c for _, _, c in group], np.int32)
+        images = self.dataset.train_images[indices].reshape(len(group), m, *shape)
+        labels = self.dataset.train_labels[indices].reshape(len(group), m)
+        return self.block_step(state, images, labels, valid, numbers, self.root)
+
+    def run_block(
+        self, loop: dict[str, Any], chunks: list[tuple[np.ndarray, np.ndarray, int]]
+    ) -> tuple[dict[str, Any], list[Record]]:
+        skip = np.zeros(len(chunks), bool)
+        if self.config.uses_smd:
+            numbers = [c for _, _, c in chunks]
+            skip = budget.smd_skipped(self.config.seed, numbers, self.config.smd_skip)
+        kept = [c for c, s in zip(chunks, skip, strict=True) if not s]
+        state = engine_lib.EngineState(main=loop["state"], selector=loop["selector"])
+        outputs = []
+        if len(kept) == self.config.block_chunks:
+            state, metrics = self._dispatch(state, kept)
+            outputs.append(metrics)
+        else:
+            for chunk, skipped in zip(chunks, skip, strict=True):
+                if skipped:
+                    state = state.replace(main=self.zero_step(state.main))
+                else:
+                    state, metrics = self._dispatch(state, [chunk])
+                    outputs.append(metrics)
+        fetched = jax.device_get(outputs)  # The block's one host sync.
+        loop = dict(
+            loop,
+            state=state.main,
+            selector=state.selector,
+            skipped_batches=np.asarray(loop["skipped_batches"] + int(skip.sum()), np.int64),
+        )
+        if not fetched:
+            return loop, []
+        metrics = {k: np.concatenate([o[k] for o in fetched]) for k in fetched[0]}
+        if "sd_skipped" in metrics:  # [chunks, blocks]: kept out of the per-chunk records.
+            per_block = metrics.pop("sd_skipped")
+            loop["skipped_blocks"] = loop["skipped_blocks"] + per_block.sum(0).astype(np.int64)
+            metrics["blocks_skipped"] = per_block.sum(1)
+        if "slu_gated" in metrics:  # Instance-blocks SLU gated off (computed all the same).
+            gated = np.asarray(loop["slu_gated"] + int(metrics["slu_gated"].sum()), np.int64)
+            loop["slu_gated"] = gated
+        trained = loop["trained"] + int(np.sum(metrics["trained"]))
+        loop["trained"] = np.asarray(trained, np.int64)
+        return loop, _records(metrics, [c for _, _, c in kept])
+
+
 Runner = EngineRunner | HostQueueRunner
 
 
@@ -171,6 +258,7 @@ def build_runner(
         steps_lib.emp_policy(config),
         config.emp.first_layer,
         xla_cpu=config.xla_cpu,
+        **steps_lib.model_options(config),
     )
     filter_model = None
     if config.uses_eif:
@@ -186,6 +274,9 @@ def build_runner(
     tx = steps_lib.make_optimizer(config, main_steps)
     root, init_key = jax.random.split(jax.random.key(config.seed))
     state = steps_lib.create_train_state(model, tx, init_key, info.image_shape)
+    if selector is not None and config.method in ("smd", "sd", "e2train"):
+        blocks = models.residual_blocks(config.model)
+        return BudgetRunner(config, info, selector, dataset, root, num_blocks=blocks), state
     if selector is not None:
         return EngineRunner(config, info, selector, dataset, root), state
     host = eif_runner.EifRunner(config, info, filter_model, dataset, root)

@@ -21,6 +21,7 @@ from edgefilter import backends, models
 from edgefilter import data as data_lib
 from edgefilter.backends.xla_cpu.layers import small_kernel_conv
 from edgefilter.method import emp, quant
+from edgefilter.models import selective_layer_update, stochastic_depth
 from edgefilter.models.state import TrainState, create_train_state
 from edgefilter.training import config as config_lib
 
@@ -34,6 +35,7 @@ __all__ = [
     "make_eval_step",
     "make_optimizer",
     "make_train_step",
+    "model_options",
     "preprocess",
     "train_step_body",
     "weighted_cross_entropy",
@@ -78,6 +80,11 @@ def preprocess(images: jax.Array, info: data_lib.DatasetInfo, key: jax.Array | N
     return x
 
 
+# What a training forward may write: batch statistics, and the baselines' records and
+# loss terms (stochastic depth's decisions, E2-Train's gates).
+_MUTABLE = ["batch_stats", stochastic_depth.COLLECTION, "losses", selective_layer_update.COLLECTION]
+
+
 def train_step_body(
     state: TrainState,
     images: jax.Array,
@@ -103,10 +110,12 @@ def train_step_body(
             {"params": params, "batch_stats": state.batch_stats},
             x,
             train=True,
-            mutable=["batch_stats"],
+            mutable=_MUTABLE,
             rngs={"dropout": dropout_key},
         )
         loss, per_instance = weighted_cross_entropy(logits, labels, weights)
+        # Terms a model adds to the loss (E2-Train's SLU cost, models.selective_layer_update).
+        loss = loss + sum(jax.tree.leaves(updates.get("losses", {})))
         return loss, (logits, per_instance, updates)
 
     (loss, (logits, per_instance, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -118,6 +127,10 @@ def train_step_body(
         "loss": loss,
         "accuracy": jnp.sum(correct * weights) / jnp.maximum(jnp.sum(weights), 1.0),
     }
+    if stochastic_depth.COLLECTION in updates:  # Per residual block: bypassed in this step.
+        metrics["sd_skipped"] = stochastic_depth.skipped(updates[stochastic_depth.COLLECTION])
+    if selective_layer_update.COLLECTION in updates:  # Instance-blocks gated off (computed).
+        (metrics["slu_gated"],) = updates[selective_layer_update.COLLECTION]["gated"]
     return state, metrics, per_instance
 
 
@@ -168,6 +181,16 @@ def emp_policy(config: config_lib.TrainConfig) -> emp.Policy | None:
     return config.emp.as_policy() if config.uses_emp else None
 
 
+def model_options(config: config_lib.TrainConfig) -> dict[str, object]:
+    """The main network's options for the method: stochastic depth's ``final_survival``
+    (``sd``), E2-Train's gates ``slu=(beta, minimum)`` (``e2train``), else none."""
+    if config.uses_sd:
+        return {"final_survival": config.sd_final_survival}
+    if config.method == "e2train":
+        return {"slu": (config.slu_beta, config.slu_minimum)}
+    return {}
+
+
 def build_model(
     name: str,
     num_classes: int,
@@ -176,6 +199,7 @@ def build_model(
     prune_first_layer: bool = False,
     *,
     xla_cpu: bool | None = None,
+    **options: object,
 ) -> nn.Module:
     """Model ``name`` whose convs prune error maps (``policy``) and compute in ``bits``.
 
@@ -188,6 +212,9 @@ def build_model(
     with a tiny or single-channel kernel (LeNet's, the MNIST filter's) runs as a sum of
     per-tap matmuls (``backends.xla_cpu.layers.small_kernel_conv``); the values are the
     same either way.
+
+    ``options`` go to :func:`edgefilter.models.create` (:func:`model_options`: stochastic
+    depth's ``final_survival``, E2-Train's ``slu``).
     """
     xla_cpu = backends.use_xla_cpu(xla_cpu)
     conv = quant.conv_general_dilated(bits, policy=policy, xla_cpu=xla_cpu)
@@ -204,4 +231,5 @@ def build_model(
         first_conv_general_dilated=first,
         dot_general=quant.dot_general(bits),
         xla_cpu=xla_cpu,
+        **options,
     )
