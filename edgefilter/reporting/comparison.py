@@ -50,6 +50,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "eif_weighted": False,
     },
     "eif_no_uncertainty": {"method": "eif", "eif_uncertainty": False},
+    # Data-selection baselines (issue #18), on the same selection interface as EIF.
+    "random": {"method": "random"},
 }
 
 

@@ -12,6 +12,11 @@ PAPER.md and :mod:`edgefilter.flops`), from what the run actually executed:
 * ``filter_training``: the filter's forward and backward on its training instances.
 * ``uncertainty_forward``: the main network's forward on the uncertainty-sampled
   instances (Eq. 4-5), which are probed but not trained on.
+* ``selection_forward``: the main network's forward passes a data-selection baseline
+  runs to choose what to train on (oracle, OHEM, Selective-Backprop: every chunk slot
+  it forwarded, as its selector's state records).
+
+Every method's breakdown has all these keys, zero where unused.
 
 ``sgd_same_stream`` is standard SGD training every streamed instance once, in full
 precision; ``reduction = 1 - total / sgd_same_stream``. With ``--bits`` below 32 the
@@ -33,13 +38,25 @@ from edgefilter.training import config as config_lib
 from edgefilter.training import runners
 
 
+def main_batch(config: config_lib.TrainConfig) -> int:
+    """Instances per main-network step (every slot is computed, so counted)."""
+    if config.uses_eif:
+        return config.eif_batch_size
+    if config.method == "random":  # The same packing as EIF: round(r_set * m) a chunk.
+        return max(1, round(config.filter.r_set * config.batch_size))
+    return config.batch_size
+
+
 def run_compute(
     config: config_lib.TrainConfig, info: data_lib.DatasetInfo, loop: dict[str, Any]
 ) -> dict[str, Any]:
-    """The compute block for a finished (or resumed-and-finished) run's loop state."""
+    """The compute block for a finished (or resumed-and-finished) run's loop state.
+
+    Every method's breakdown has the same keys, zero where a method does not do that work.
+    """
     shape, classes, m = info.image_shape, info.num_classes, config.batch_size
     dense = flops.per_instance(config.model, shape, classes)
-    batch = config.eif_batch_size if config.uses_eif else m  # Instances per main step.
+    batch = main_batch(config)
     main_steps = int(loop["state"].step)
     slots = main_steps * batch
     counted_dense = config.uses_emp and config.emp.policy != "topk"
@@ -62,6 +79,12 @@ def run_compute(
         "main_forward": slots * dense["forward"] * scale,
         "main_backward": slots * backward * scale,
         "emp_selection": selection,
+        "filter_inference": 0.0,
+        "filter_training": 0.0,
+        "uncertainty_forward": 0.0,
+        # The main network's forward passes a baseline runs to select (oracle, OHEM,
+        # Selective-Backprop): the instances its selector recorded as forwarded.
+        "selection_forward": runners.selection_forwarded(loop) * dense["forward"] * scale,
     }
     if config.uses_eif:
         filt = flops.per_instance(config.filter_model, shape, 2)

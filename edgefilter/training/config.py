@@ -52,6 +52,7 @@ __all__ = [
     "EMP_POLICIES",
     "FLAGS",
     "METHODS",
+    "SELECTION_BASELINES",
     "EmpConfig",
     "FilterConfig",
     "Flag",
@@ -63,7 +64,9 @@ __all__ = [
     "validate",
 ]
 
-METHODS = ("sgd", "emp", "eif", "eif_emp")
+# Data-selection baselines on the selection interface (issue #18; edgefilter.select).
+SELECTION_BASELINES = ("random",)
+METHODS = ("sgd", "emp", "eif", "eif_emp", *SELECTION_BASELINES)
 EMP_POLICIES = ("topk", "threshold")
 BITS = (32, 16, 8, 6, 4)
 

@@ -3,8 +3,9 @@
 * :class:`EngineRunner`: every method whose selection fits the selection interface
   (:mod:`edgefilter.select`) with one main step per chunk: ``sgd`` and ``emp`` (every
   instance), ``eif`` and ``eif_emp`` under quantile control with the default main batch
-  (``round(r_set * m)`` instances per chunk). A block of chunks is one dispatch of the
-  stream engine (:mod:`edgefilter.training.engine`) and one host sync.
+  (``round(r_set * m)`` instances per chunk), and the data-selection baselines
+  (``random``: a uniform ``round(r_set * m)`` of each chunk). A block of chunks is one
+  dispatch of the stream engine (:mod:`edgefilter.training.engine`) and one host sync.
 * :class:`~edgefilter.training.eif_runner.EifRunner`: the filter's selection packed
   through host-side queues, chunk by chunk, for what the interface's fixed shapes do not
   cover yet: the paper's argmax rule (a data-dependent count per chunk) and a main batch
@@ -40,6 +41,8 @@ def engine_selector(config: config_lib.TrainConfig, filter_model: Any) -> select
     ``config`` must be resolved; ``filter_model`` is used by the EIF methods only.
     """
     m = config.batch_size
+    if config.method == "random":
+        return select.uniform(config.filter.r_set, chunk_size=m)
     if not config.uses_eif:
         return select.everything(chunk_size=m)
     one_step_per_chunk = config.eif_batch_size == max(1, round(config.filter.r_set * m))
@@ -197,6 +200,15 @@ def filter_state(loop: dict[str, Any]) -> Any:
     if "selector" in loop:
         return getattr(loop["selector"], "filter", None)
     return loop.get("filter")
+
+
+def selection_forwarded(loop: dict[str, Any]) -> int:
+    """Chunk slots the main network ran forward on to select (0 for most methods).
+
+    Selectors that run such a forward (``select.top_loss``, ``select.selective_backprop``)
+    count its slots in their state's ``forwarded``.
+    """
+    return int(getattr(loop.get("selector"), "forwarded", 0))
 
 
 def skipped_probes(loop: dict[str, Any]) -> int:
