@@ -8,8 +8,18 @@ Hand-worked MACs of the slim LeNet with 10 classes on a 28x28x1 instance: conv
 FC 120->10: 1,200. Forward 190,248.
 """
 
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from edgefilter import select
+from edgefilter.select.selective_backprop import keep_probability
 from edgefilter.training import config as config_lib
-from edgefilter.training import loop
+from edgefilter.training import engine, loop, pack
+from edgefilter.training import steps as steps_lib
 
 SLIM10_FORWARD = 190_248
 M = 32  # Chunk size of the end-to-end runs: tiny_dataset's 320 instances are 10 chunks.
@@ -41,3 +51,158 @@ def test_random_trains_round_r_set_m_of_each_chunk_and_counts_them(tmp_path, tin
     breakdown = summary["compute"]["breakdown"]
     assert breakdown["main_forward"] == 10 * kept * SLIM10_FORWARD
     assert breakdown["selection_forward"] == 0 and breakdown["filter_inference"] == 0
+
+
+def test_top_loss_keeps_the_largest_valid_losses_and_counts_the_forward():
+    # m = 8, r_set = 0.25: 2 slots. Slot 5 (loss 2.0) is padding; slots 1 and 3 tie at
+    # 0.9 and are the largest valid losses, so both are kept with weight 1.
+    losses = jnp.asarray([0.1, 0.9, 0.3, 0.9, 0.5, 2.0, 0.2, 0.4])
+    valid = jnp.asarray([True] * 5 + [False] + [True] * 2)
+    for make in (select.oracle, select.ohem):
+        sel = make(0.25, chunk_size=8)
+        state = sel.init(jax.random.key(0), jnp.zeros((8, 1)))
+        choice, state = sel.select(
+            state, jnp.zeros((8, 1)), jax.random.key(1), valid, forward=lambda: losses
+        )
+        assert sorted(np.asarray(choice.train_idx).tolist()) == [1, 3]
+        np.testing.assert_array_equal(choice.train_weight, [1.0, 1.0])
+        assert int(state.forwarded) == 8 and choice.probe_idx.shape == (0,)
+    assert (
+        select.oracle(0.25, chunk_size=8).chunk_forward,
+        select.ohem(0.25, chunk_size=8).chunk_forward,
+    ) == ("inference", "train")
+
+
+class _BatchNormNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.5)(x)
+        return nn.Dense(3)(x)
+
+
+def test_chunk_losses_inference_mode_uses_running_statistics_train_mode_the_chunks():
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 3.0, (6, 4)).astype(np.float32)
+    labels = np.asarray([0, 1, 2, 0, 1, 2])
+    model = _BatchNormNet()
+    variables = model.init(jax.random.key(0), x)
+    state = steps_lib.TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        tx=optax.sgd(0.1),
+    )
+    kernel = np.asarray(variables["params"]["Dense_0"]["kernel"], np.float64)
+    bias = np.asarray(variables["params"]["Dense_0"]["bias"], np.float64)
+
+    def reference(normalised):  # Cross-entropy of softmax(normalised @ W + b), NumPy.
+        logits = normalised @ kernel + bias
+        logits = logits - logits.max(1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        return -log_p[np.arange(6), labels]
+
+    eps = 1e-5  # flax BatchNorm's epsilon; running mean 0 and variance 1 at init.
+    inference = engine.chunk_losses(state, x, labels, "inference", jax.random.key(1))
+    np.testing.assert_allclose(inference, reference(x / np.sqrt(1 + eps)), rtol=1e-5)
+    train = engine.chunk_losses(state, x, labels, "train", jax.random.key(1))
+    batch = (x - x.mean(0)) / np.sqrt(x.var(0) + eps)
+    np.testing.assert_allclose(train, reference(batch), rtol=1e-4)
+    # The training-mode forward's batch statistics are not kept.
+    chex.assert_trees_all_equal(state.batch_stats, variables["batch_stats"])
+
+
+def test_oracle_run_counts_its_selection_forward(tmp_path, tiny_dataset):
+    summary = _run(tmp_path, tiny_dataset, method="oracle")
+    kept = round(0.25 * M)
+    assert summary["steps"] == 10 and summary["instances_trained"] == 10 * kept
+    breakdown = summary["compute"]["breakdown"]
+    # Forward on all 32 slots of each of the 10 chunks, train on 8 of them.
+    assert breakdown["selection_forward"] == 10 * M * SLIM10_FORWARD
+    assert breakdown["main_forward"] == 10 * kept * SLIM10_FORWARD
+
+
+def test_pack_queues_kept_rows_in_order_and_pops_a_full_batch():
+    images = np.arange(8, dtype=np.uint8).reshape(8, 1, 1, 1)
+    labels, indices = np.arange(8, dtype=np.int32), np.arange(100, 108, dtype=np.int32)
+    queue = pack.empty(4, 4, (1, 1, 1))
+    slots = jnp.arange(4)
+    # Chunk rows 0-3: rows 0, 2, 3 kept (weights 1, 2, 1); then rows 4-7: rows 4, 5 kept.
+    queue = pack.push(
+        queue, images[:4], labels[:4], indices[:4], slots, jnp.asarray([1, 0, 2, 1.0])
+    )
+    assert int(queue.count) == 3
+    queue = pack.push(
+        queue, images[4:], labels[4:], indices[4:], slots, jnp.asarray([1, 1, 0, 0.0])
+    )
+    assert int(queue.count) == 5
+    np.testing.assert_array_equal(queue.labels[:5], [0, 2, 3, 4, 5])
+    np.testing.assert_array_equal(queue.weights[:5], [1, 2, 1, 1, 1])
+    np.testing.assert_array_equal(queue.indices[:5], [100, 102, 103, 104, 105])
+    queue = pack.pop(queue, 4, jnp.asarray(True))  # The first 4 were trained.
+    assert int(queue.count) == 1 and int(queue.labels[0]) == 5
+    np.testing.assert_array_equal(queue.weights, [1, 0, 0, 0, 0, 0, 0, 0])
+    assert int(pack.pop(queue, 4, jnp.asarray(False)).count) == 1
+
+
+def test_sb_keep_probability_is_the_history_cdf_to_the_beta():
+    # History 0.1-0.4 (the last two entries are not filled yet and do not count).
+    history = jnp.asarray([0.1, 0.2, 0.3, 0.4, 9.0, 9.0])
+    p = keep_probability(jnp.asarray([0.05, 0.25, 0.5]), history, jnp.asarray(4), 2.0)
+    # Strictly below: 0, 2 and 4 of 4 entries; squared.
+    np.testing.assert_allclose(p, [0.0, 0.25, 1.0])
+
+
+def _sb_select(sel, state, losses, indices=None, key=0):
+    needs = {"forward": lambda: jnp.asarray(losses, jnp.float32)}
+    if indices is not None:
+        needs["indices"] = jnp.asarray(indices, jnp.int32)
+    x = jnp.zeros((4, 1))
+    return sel.select(state, x, jax.random.key(key), jnp.ones((4,), bool), **needs)
+
+
+def test_sb_keeps_each_instance_with_its_probability_after_priming():
+    sel = select.selective_backprop(1.0, 8, chunk_size=4, prime=4)
+    state = sel.init(jax.random.key(0), jnp.zeros((4, 1)))
+    # Priming: the first 4 instances are all kept, whatever their loss.
+    choice, state = _sb_select(sel, state, [0.4, 0.1, 0.3, 0.2])
+    np.testing.assert_array_equal(choice.train_weight, [1, 1, 1, 1])
+    assert sel.pack_size == 4 and int(state.forwarded) == 4
+    # Then the history holds 0.4, 0.1, 0.3, 0.2 and these 4 losses: the CDFs (beta 1) of
+    # 0.05, 0.25, 0.35 and 1.0 are 0, 3/8, 5/8 and 7/8. Over 4000 chunks (keys), the
+    # kept frequencies match them.
+    losses = [0.05, 0.25, 0.35, 1.0]
+    keep = jax.vmap(lambda k: _sb_select(sel, state, losses, key=k)[0].train_weight)(
+        jnp.arange(4000)
+    )
+    np.testing.assert_allclose(keep.mean(0), [0, 3 / 8, 5 / 8, 7 / 8], atol=0.03)
+
+
+def test_stale_sb_reuses_a_loss_for_staleness_epochs_and_counts_only_real_forwards():
+    # 8 instances, chunks of 4, staleness 2: the forward runs in epochs 0 and 2 only.
+    sel = select.selective_backprop(1.0, 8, chunk_size=4, prime=0, staleness=2, num_train=8)
+    state = sel.init(jax.random.key(0), jnp.zeros((4, 1)))
+    assert sel.needs_indices
+    fresh = [0.4, 0.3, 0.2, 0.1]
+    for chunk in range(6):  # Epochs 0, 0, 1, 1, 2, 2.
+        rows = [0, 1, 2, 3] if chunk % 2 == 0 else [4, 5, 6, 7]
+        _, state = _sb_select(sel, state, [v + chunk for v in fresh], rows)
+    assert int(state.forwarded) == 4 * 4  # Chunks 0, 1 (epoch 0) and 4, 5 (epoch 2).
+    np.testing.assert_allclose(state.table, [4.4, 4.3, 4.2, 4.1, 5.4, 5.3, 5.2, 5.1])
+    # Epoch 1's chunks reused epoch 0's losses: the ring of 8 holds chunks 4 and 5's.
+    np.testing.assert_allclose(
+        np.sort(state.history), np.sort([4.4, 4.3, 4.2, 4.1, 5.4, 5.3, 5.2, 5.1])
+    )
+    np.testing.assert_array_equal(state.forward_epoch, [2] * 8)
+
+
+def test_selective_backprop_run_trains_full_batches_of_what_it_kept(tmp_path, tiny_dataset):
+    # Two epochs of 10 chunks: the first primes (all 320 trained, 10 full batches), the
+    # second keeps a random part, packed into batches of 32; the last partial one is
+    # trained with padding at the end. Every chunk ran the selection forward.
+    summary = _run(tmp_path, tiny_dataset, method="selective_backprop", steps=20, sb_history=64)
+    trained = summary["instances_trained"]
+    assert 320 < trained < 640
+    assert summary["steps"] == -(-trained // M)  # Full batches, the last one padded.
+    breakdown = summary["compute"]["breakdown"]
+    assert breakdown["selection_forward"] == 20 * M * SLIM10_FORWARD
+    assert breakdown["main_forward"] == summary["steps"] * M * SLIM10_FORWARD

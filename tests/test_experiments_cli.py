@@ -36,11 +36,10 @@ def test_a_flag_out_of_bounds_exits_2_naming_it(capsys):
         ("benchmarks.engine_block", "--methods=sgd"),
         ("benchmarks.engine_block", "--model=resnet9"),
         ("benchmarks.engine_block", "--block_chunks=0"),
-        ("benchmarks.methods", "--variants=sgd,ohem"),
+        ("benchmarks.methods", "--variants=sgd,nonesuch"),
         ("benchmarks.emp_step", "--repeats=0"),
         ("benchmarks.methods", "--repeats=0"),
         ("benchmarks.lenet_throughput", "--threads=-1"),
-        ("benchmarks.oracle_selection", "--r=0"),
         ("experiments.compare", "--workdir=/nonexistent/never --bits=7"),
     ],
 )

@@ -52,6 +52,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "eif_no_uncertainty": {"method": "eif", "eif_uncertainty": False},
     # Data-selection baselines (issue #18), on the same selection interface as EIF.
     "random": {"method": "random"},
+    "oracle": {"method": "oracle"},
+    "ohem": {"method": "ohem"},
+    "selective_backprop": {"method": "selective_backprop"},
+    "selective_backprop_stale": {"method": "selective_backprop_stale"},
 }
 
 

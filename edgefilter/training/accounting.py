@@ -42,9 +42,9 @@ def main_batch(config: config_lib.TrainConfig) -> int:
     """Instances per main-network step (every slot is computed, so counted)."""
     if config.uses_eif:
         return config.eif_batch_size
-    if config.method == "random":  # The same packing as EIF: round(r_set * m) a chunk.
+    if config.method in ("random", "oracle", "ohem"):  # EIF's packing: round(r_set * m).
         return max(1, round(config.filter.r_set * config.batch_size))
-    return config.batch_size
+    return config.batch_size  # SGD, EMP, and the packing baselines (batches of m).
 
 
 def run_compute(

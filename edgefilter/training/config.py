@@ -65,7 +65,14 @@ __all__ = [
 ]
 
 # Data-selection baselines on the selection interface (issue #18; edgefilter.select).
-SELECTION_BASELINES = ("random",)
+SELECTION_BASELINES = (
+    "random",
+    "oracle",
+    "ohem",
+    "selective_backprop",
+    "selective_backprop_stale",
+    "infobatch",
+)
 METHODS = ("sgd", "emp", "eif", "eif_emp", *SELECTION_BASELINES)
 EMP_POLICIES = ("topk", "threshold")
 BITS = (32, 16, 8, 6, 4)
@@ -174,10 +181,29 @@ class TrainConfig:
         1,
         "EIF: random predicted-L instances sampled per chunk (set T_l under quantile control).",
     )
+    # Data-selection baselines (issue #18; edgefilter.select), the sources' defaults.
+    select_emp: bool = setting(
+        False, "random/oracle/ohem/selective_backprop*/infobatch: with EMP (--emp_* settings)."
+    )
+    sb_beta: float = setting(
+        3.0, "selective_backprop: keep probability CDF(loss)^beta (Jiang et al. 2019: 3)."
+    )
+    sb_history: int = setting(
+        1024, "selective_backprop: recent losses the CDF is taken over (Jiang et al.: 1024)."
+    )
+    sb_staleness: int = setting(
+        3, "selective_backprop_stale: epochs a forwarded loss is reused (Jiang et al.: 3)."
+    )
+    infobatch_prune: float = setting(
+        0.5, "infobatch: fraction of the below-mean-loss instances pruned (Qin et al. 2024)."
+    )
+    infobatch_delta: float = setting(
+        0.875, "infobatch: prune in the first delta of the epochs, then train on everything."
+    )
 
     @property
     def uses_emp(self) -> bool:
-        return self.method in ("emp", "eif_emp")
+        return self.method in ("emp", "eif_emp") or self.select_emp
 
     @property
     def uses_eif(self) -> bool:
@@ -274,6 +300,7 @@ def validate(config: TrainConfig) -> None:
     _check_positive(config)
     _check_optimizer(config)
     _check_probes(config)
+    _check_baselines(config)
 
 
 def _check_choices(config: TrainConfig) -> None:
@@ -334,6 +361,28 @@ def _check_probes(config: TrainConfig) -> None:
         _fail("eif_probe_size", config.eif_probe_size, "must be >= 0")
     if config.eif_random_probes < 0:
         _fail("eif_random_probes", config.eif_random_probes, "must be >= 0")
+
+
+def _check_baselines(config: TrainConfig) -> None:
+    """The data-selection baselines' settings (issue #18; sources in edgefilter.select)."""
+    if config.select_emp and config.method not in SELECTION_BASELINES:
+        _fail(
+            "select_emp",
+            config.select_emp,
+            f"EMP with a selection baseline ({', '.join(SELECTION_BASELINES)}); "
+            "use --method=emp or --method=eif_emp for SGD or EIF with EMP",
+        )
+    if not (config.sb_beta > 0 and math.isfinite(config.sb_beta)):
+        _fail("sb_beta", config.sb_beta, "must be a positive number")
+    if config.sb_history < (config.batch_size or 1):
+        _fail("sb_history", config.sb_history, "must be at least --batch_size")
+    if config.sb_staleness < 1:
+        _fail("sb_staleness", config.sb_staleness, "must be a positive integer")
+    if not 0 <= config.infobatch_prune <= 0.9:
+        # InfoBatch keeps at least a tenth of the well-learned instances (its keep_ratio).
+        _fail("infobatch_prune", config.infobatch_prune, "must lie in [0, 0.9]")
+    if not 0 <= config.infobatch_delta <= 1:
+        _fail("infobatch_delta", config.infobatch_delta, "must lie in [0, 1]")
 
 
 # --- Flags: derived from the fields -----------------------------------------------------------

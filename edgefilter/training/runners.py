@@ -4,7 +4,10 @@
   (:mod:`edgefilter.select`) with one main step per chunk: ``sgd`` and ``emp`` (every
   instance), ``eif`` and ``eif_emp`` under quantile control with the default main batch
   (``round(r_set * m)`` instances per chunk), and the data-selection baselines
-  (``random``: a uniform ``round(r_set * m)`` of each chunk). A block of chunks is one
+  (``random``: a uniform ``round(r_set * m)`` of each chunk; ``oracle`` and ``ohem``:
+  its highest-loss ``round(r_set * m)`` by the main network's forward;
+  ``selective_backprop`` and ``infobatch``: a random count per chunk, packed into full
+  batches on the device). A block of chunks is one
   dispatch of the stream engine (:mod:`edgefilter.training.engine`) and one host sync.
 * :class:`~edgefilter.training.eif_runner.EifRunner`: the filter's selection packed
   through host-side queues, chunk by chunk, for what the interface's fixed shapes do not
@@ -28,21 +31,39 @@ import numpy as np
 from edgefilter import data as data_lib
 from edgefilter import select
 from edgefilter.training import config as config_lib
-from edgefilter.training import eif_runner
+from edgefilter.training import eif_runner, pack
 from edgefilter.training import engine as engine_lib
 from edgefilter.training import steps as steps_lib
 
 Record = tuple[int, str, dict[str, Any]]
 
 
-def engine_selector(config: config_lib.TrainConfig, filter_model: Any) -> select.Selector | None:
+def engine_selector(
+    config: config_lib.TrainConfig, filter_model: Any, *, num_train: int = 0, length: int = 0
+) -> select.Selector | None:
     """The run's selector, or None when the method needs the host-queue runner.
 
-    ``config`` must be resolved; ``filter_model`` is used by the EIF methods only.
+    ``config`` must be resolved; ``filter_model`` is used by the EIF methods only;
+    ``num_train`` (the training set's size) and ``length`` (instances streamed) by
+    Selective-Backprop and InfoBatch, which work in epochs.
     """
     m = config.batch_size
+    if config.method in ("selective_backprop", "selective_backprop_stale"):
+        stale = config.method == "selective_backprop_stale"
+        return select.selective_backprop(
+            config.sb_beta,
+            config.sb_history,
+            chunk_size=m,
+            prime=num_train,  # The source primes with the first epoch.
+            staleness=config.sb_staleness if stale else None,
+            num_train=num_train,
+        )
     if config.method == "random":
         return select.uniform(config.filter.r_set, chunk_size=m)
+    if config.method == "oracle":
+        return select.oracle(config.filter.r_set, chunk_size=m)
+    if config.method == "ohem":
+        return select.ohem(config.filter.r_set, chunk_size=m)
     if not config.uses_eif:
         return select.everything(chunk_size=m)
     one_step_per_chunk = config.eif_batch_size == max(1, round(config.filter.r_set * m))
@@ -72,12 +93,20 @@ class EngineRunner:
         self.config, self.info, self.selector = config, info, selector
         self.dataset, self.root = dataset, root
         self.block_step = engine_lib.make_block_step(selector, info, xla_cpu=config.xla_cpu)
+        self.flush_step = None
+        if selector.pack_size is not None:
+            self.flush_step = engine_lib.make_flush_step(selector, info, xla_cpu=config.xla_cpu)
 
     def initial(self) -> dict[str, Any]:
-        """The runner's part of a fresh loop state: the selector's state."""
-        example = np.zeros((self.config.batch_size, *self.info.image_shape), np.float32)
+        """The runner's part of a fresh loop state: the selector's state (and the queue
+        of a packing selector: :mod:`edgefilter.training.pack`)."""
+        m, shape = self.config.batch_size, self.info.image_shape
+        example = np.zeros((m, *shape), np.float32)
         key = jax.random.fold_in(self.root, 2**31 - 1)
-        return {"selector": self.selector.init(key, example)}
+        out = {"selector": self.selector.init(key, example)}
+        if self.selector.pack_size is not None:
+            out["queue"] = pack.empty(self.selector.pack_size, m, shape)
+        return out
 
     def run_block(
         self, loop: dict[str, Any], chunks: list[tuple[np.ndarray, np.ndarray, int]]
@@ -87,7 +116,9 @@ class EngineRunner:
         m, shape = self.config.batch_size, self.info.image_shape
         full = len(chunks) == self.config.block_chunks
         groups = [chunks] if full else [[c] for c in chunks]
-        state = engine_lib.EngineState(main=loop["state"], selector=loop["selector"])
+        state = engine_lib.EngineState(
+            main=loop["state"], selector=loop["selector"], queue=loop.get("queue")
+        )
         outputs = []
         for group in groups:
             indices = np.stack([idx for idx, _, _ in group]).reshape(-1)
@@ -95,7 +126,10 @@ class EngineRunner:
             numbers = np.asarray([c for _, _, c in group], np.int32)
             images = self.dataset.train_images[indices].reshape(len(group), m, *shape)
             labels = self.dataset.train_labels[indices].reshape(len(group), m)
-            state, metrics = self.block_step(state, images, labels, valid, numbers, self.root)
+            slot_indices = indices.reshape(len(group), m).astype(np.int32)
+            state, metrics = self.block_step(
+                state, images, labels, valid, numbers, self.root, slot_indices
+            )
             outputs.append(metrics)
         fetched = jax.device_get(outputs)  # The block's one host sync.
         metrics = {k: np.concatenate([o[k] for o in fetched]) for k in fetched[0]}
@@ -105,14 +139,30 @@ class EngineRunner:
             selector=state.selector,
             trained=np.asarray(loop["trained"] + int(np.sum(metrics["trained"])), np.int64),
         )
+        if state.queue is not None:
+            loop["queue"] = state.queue
         return loop, _records(metrics, [c for _, _, c in chunks])
 
     def finish(self, loop: dict[str, Any], chunk: int) -> tuple[dict[str, Any], list[Record]]:
-        del chunk
-        return loop, []  # Nothing is queued across chunks.
+        """Trains a packing selector's last, partial batch (else nothing is queued)."""
+        if self.flush_step is None or int(loop["queue"].count) == 0:
+            return loop, []
+        state = engine_lib.EngineState(
+            main=loop["state"], selector=loop["selector"], queue=loop["queue"]
+        )
+        state, metrics = self.flush_step(state, self.root)
+        metrics = jax.device_get(metrics)
+        trained = np.asarray(loop["trained"] + int(metrics["trained"]), np.int64)
+        loop = dict(
+            loop, state=state.main, selector=state.selector, queue=state.queue, trained=trained
+        )
+        return loop, [(chunk, "train", metrics)]
 
     def compilations(self) -> dict[str, int]:
-        return {"block": self.block_step._cache_size()}  # Lengths block_chunks and 1.
+        out = {"block": self.block_step._cache_size()}  # Lengths block_chunks and 1.
+        if self.flush_step is not None:
+            out["flush"] = self.flush_step._cache_size()
+        return out
 
 
 def _records(metrics: dict[str, np.ndarray], chunks: list[int]) -> list[Record]:
@@ -180,7 +230,8 @@ def build_runner(
         filter_model = steps_lib.build_model(
             config.filter_model, 2, config.bits, xla_cpu=config.xla_cpu
         )
-    selector = engine_selector(config, filter_model)
+    num_train = len(dataset.train_labels)
+    selector = engine_selector(config, filter_model, num_train=num_train, length=length)
     chunks = -(-length // config.batch_size)
     if selector is not None:
         main_steps = chunks  # One main step per chunk.
