@@ -206,3 +206,47 @@ def test_selective_backprop_run_trains_full_batches_of_what_it_kept(tmp_path, ti
     breakdown = summary["compute"]["breakdown"]
     assert breakdown["selection_forward"] == 20 * M * SLIM10_FORWARD
     assert breakdown["main_forward"] == summary["steps"] * M * SLIM10_FORWARD
+
+
+def test_infobatch_prunes_below_mean_instances_and_rescales_the_kept_ones():
+    sel = select.infobatch(0.5, 0.4, chunk_size=4, num_train=8, epochs=2.0)
+    state = sel.init(jax.random.key(0), jnp.zeros((4, 1)))
+    assert int(state.epoch) == -1 and np.all(np.asarray(state.scores) == 3.0)
+    # Scores of instances 0-3: 0.1, 0.2 (below the mean, 23.3 / 8 = 2.9125), 5 and 6.
+    state = state.replace(scores=jnp.asarray([0.1, 0.2, 5.0, 6.0, 3.0, 3.0, 3.0, 3.0]))
+    indices, valid = jnp.arange(4), jnp.ones((4,), bool)
+
+    def weights(state, key):
+        choice, after = sel.select(state, jnp.zeros((4, 1)), key, valid, indices=indices)
+        return choice.train_weight, after
+
+    _, after = weights(state, jax.random.key(0))
+    np.testing.assert_allclose(after.threshold, 23.3 / 8, rtol=1e-6)
+    w = jax.vmap(lambda k: weights(state, jax.random.key(k))[0])(jnp.arange(4000))
+    # Instances 0 and 1 are kept half the time with weight 1 / (1 - 0.5) = 2; 2 and 3
+    # always, with weight 1: the expected weight of every instance is 1 (unbiased).
+    assert set(np.unique(w[:, :2]).tolist()) == {0.0, 2.0} and np.all(w[:, 2:] == 1.0)
+    np.testing.assert_allclose((w > 0).mean(0), [0.5, 0.5, 1, 1], atol=0.03)
+    # Epoch 1 > delta * epochs = 0.8: annealing, everything with weight 1.
+    w, _ = weights(state.replace(streamed=jnp.asarray(8, jnp.int32)), jax.random.key(1))
+    np.testing.assert_array_equal(w, [1, 1, 1, 1])
+    # Observe: the trained rows' scores become their losses; a zero-weight row is not
+    # trained and keeps its score.
+    packed = select.Packed(indices=jnp.asarray([0, 2, 5, 7]), weight=jnp.asarray([2, 1, 0, 1.0]))
+    choice = select.Choice(indices, jnp.ones((4,)), jnp.zeros((0,), int), jnp.zeros((0,)))
+    losses = jnp.asarray([0.5, 0.6, 0.7, 0.8])
+    state, _ = sel.observe(state, None, choice, losses, jnp.zeros((0,)), packed=packed)
+    np.testing.assert_allclose(state.scores, [0.5, 0.2, 0.6, 6.0, 3.0, 3.0, 3.0, 0.8])
+
+
+def test_infobatch_run_trains_fewer_full_batches_and_no_selection_forward(tmp_path, tiny_dataset):
+    # Epoch 0: every score is 3, none below the mean, all 320 trained; epoch 1 prunes
+    # about half of the below-mean half. Full batches of 32, the last one padded.
+    summary = _run(tmp_path, tiny_dataset, method="infobatch", steps=20)
+    trained = summary["instances_trained"]
+    assert 320 < trained < 640
+    assert summary["steps"] == -(-trained // M)
+    breakdown = summary["compute"]["breakdown"]
+    assert breakdown["selection_forward"] == 0
+    assert breakdown["main_forward"] == summary["steps"] * M * SLIM10_FORWARD
+    assert summary["compute"]["reduction"] > 0

@@ -56,6 +56,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ohem": {"method": "ohem"},
     "selective_backprop": {"method": "selective_backprop"},
     "selective_backprop_stale": {"method": "selective_backprop_stale"},
+    "infobatch": {"method": "infobatch"},
 }
 
 

@@ -9,11 +9,14 @@ See :mod:`edgefilter.select.base` for the contract. Implementations:
   network's own forward (inference / training mode), baselines of issue #18.
 * :func:`selective_backprop`: Jiang et al. 2019, keep with probability CDF(loss)^beta,
   packed into full batches (and its stale variant).
+* :func:`infobatch`: Qin et al. 2024, random pruning of the below-mean-loss instances,
+  the kept ones' loss rescaled, packed into full batches.
 """
 
 from edgefilter.select.base import Choice, Packed, Selector, gather
 from edgefilter.select.eif import EifState, eif
 from edgefilter.select.everything import everything
+from edgefilter.select.infobatch import InfoBatchState, infobatch
 from edgefilter.select.selective_backprop import SbState, selective_backprop
 from edgefilter.select.top_loss import TopLossState, ohem, oracle
 from edgefilter.select.uniform import uniform
@@ -21,6 +24,7 @@ from edgefilter.select.uniform import uniform
 __all__ = [
     "Choice",
     "EifState",
+    "InfoBatchState",
     "Packed",
     "SbState",
     "Selector",
@@ -28,6 +32,7 @@ __all__ = [
     "eif",
     "everything",
     "gather",
+    "infobatch",
     "ohem",
     "oracle",
     "selective_backprop",

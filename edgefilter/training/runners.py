@@ -48,6 +48,14 @@ def engine_selector(
     Selective-Backprop and InfoBatch, which work in epochs.
     """
     m = config.batch_size
+    if config.method == "infobatch":
+        return select.infobatch(
+            config.infobatch_prune,
+            config.infobatch_delta,
+            chunk_size=m,
+            num_train=num_train,
+            epochs=length / num_train,
+        )
     if config.method in ("selective_backprop", "selective_backprop_stale"):
         stale = config.method == "selective_backprop_stale"
         return select.selective_backprop(
