@@ -8,6 +8,8 @@ Hand-worked MACs of the slim LeNet with 10 classes on a 28x28x1 instance: conv
 FC 120->10: 1,200. Forward 190,248.
 """
 
+from types import SimpleNamespace
+
 import chex
 import flax.linen as nn
 import jax
@@ -15,10 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from edgefilter import data as data_lib
 from edgefilter import select
 from edgefilter.select.selective_backprop import keep_probability
+from edgefilter.training import accounting, engine, loop, pack
 from edgefilter.training import config as config_lib
-from edgefilter.training import engine, loop, pack
 from edgefilter.training import steps as steps_lib
 
 SLIM10_FORWARD = 190_248
@@ -250,3 +253,37 @@ def test_infobatch_run_trains_fewer_full_batches_and_no_selection_forward(tmp_pa
     assert breakdown["selection_forward"] == 0
     assert breakdown["main_forward"] == summary["steps"] * M * SLIM10_FORWARD
     assert summary["compute"]["reduction"] > 0
+
+
+def test_oracle_with_emp_at_8_bits_counts_by_hand():
+    # LeNet (PAPER.md's MACs, tests/test_accounting.py): forward 2,293,000; with EMP at
+    # keep 0.5 (first conv dense) the backward is 2,698,000. Chunks of 64, r_set 0.25:
+    # 16 trained a step. EMP's channel selection for a batch of 16: 16*8*8*50 + 5*5*20*50
+    # + 3*50 + 50*6 = 76,650 (full precision). 10 chunks, all 640 slots forwarded to
+    # select; 8 bits scale MACs by 64 / 1024.
+    config = config_lib.resolve(
+        config_lib.from_flags(
+            dict(
+                model="lenet", dataset="mnist", method="oracle", select_emp=True, r_set=0.25, bits=8
+            )
+        )
+    )
+    loop_state = {
+        "state": SimpleNamespace(step=10),
+        "position": 640,
+        "chunk": 10,
+        "selector": SimpleNamespace(forwarded=640),
+    }
+    info = data_lib.DatasetInfo("tiny", 10, (28, 28, 1), (0.15,), (0.3,))
+    out = accounting.run_compute(config, info, loop_state)
+    scale = 64 / 1024
+    assert out["unit"] == "BOP"
+    assert out["breakdown"] == {
+        "main_forward": round(160 * 2_293_000 * scale),
+        "main_backward": round(160 * 2_698_000 * scale),
+        "emp_selection": 10 * 76_650,
+        "filter_inference": 0,
+        "filter_training": 0,
+        "uncertainty_forward": 0,
+        "selection_forward": round(640 * 2_293_000 * scale),
+    }

@@ -13,7 +13,9 @@ Variants are the methods plus named ablations of the filter: ``eif_static`` (fix
 T_l), ``eif_unweighted`` (unweighted filter loss), ``eif_argmax`` (the paper's argmax
 decision instead of quantile control), ``eif_argmax_static`` (argmax and a fixed T_l:
 the paper's static-threshold ablation) and ``eif_no_uncertainty`` (no uncertainty
-sampling). A variant is a set of flag values (``config.from_flags``) over the base config.
+sampling), and the data-selection baselines of issue #18 (``random``, ``oracle``,
+``ohem``, ``selective_backprop``, ``selective_backprop_stale``, ``infobatch``). A
+variant is a set of flag values (``config.from_flags``) over the base config.
 """
 
 from __future__ import annotations

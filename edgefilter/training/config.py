@@ -374,8 +374,9 @@ def _check_baselines(config: TrainConfig) -> None:
         )
     if not (config.sb_beta > 0 and math.isfinite(config.sb_beta)):
         _fail("sb_beta", config.sb_beta, "must be a positive number")
-    if config.sb_history < (config.batch_size or 1):
-        _fail("sb_history", config.sb_history, "must be at least --batch_size")
+    batch_size = config.batch_size or _PAPER[dataset_family(config.dataset)]["batch_size"]
+    if config.sb_history < batch_size:
+        _fail("sb_history", config.sb_history, f"must be at least the batch size, {batch_size}")
     if config.sb_staleness < 1:
         _fail("sb_staleness", config.sb_staleness, "must be a positive integer")
     if not 0 <= config.infobatch_prune <= 0.9:

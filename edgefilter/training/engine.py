@@ -1,8 +1,8 @@
 """The stream engine: blocks of chunks trained on the device, one dispatch per block.
 
 Any :class:`~edgefilter.select.Selector` (the instance filter, uniform random, every
-instance for SGD and EMP) runs through the same per-chunk step, one iteration of a
-:func:`jax.lax.scan` over a block of chunks:
+instance for SGD and EMP, the data-selection baselines) runs through the same
+per-chunk step, one iteration of a :func:`jax.lax.scan` over a block of chunks:
 
 1. the chunk is normalised and ``selector.select`` chooses its training and probe slots
    (fixed shapes: ``train_size`` and ``probe_size``); a selector that ranks by the main
@@ -13,7 +13,12 @@ instance for SGD and EMP) runs through the same per-chunk step, one iteration of
 2. the main network, before this chunk's update, runs forward on the probe slots (their
    losses label them, PAPER.md Eq. 1);
 3. the main network trains on the training slots, weighted by ``choice.train_weight``
-   (forward and backward, with EMP when its convolutions prune: Eq. 8-14), one step;
+   (forward and backward, with EMP when its convolutions prune: Eq. 8-14), one step.
+   A selector with ``pack_size`` (Selective-Backprop, InfoBatch) keeps a
+   data-dependent number instead: the kept instances join a queue in the scan carry
+   (:mod:`edgefilter.training.pack`) and the main step runs, under ``lax.cond``, when
+   the queue holds a full batch; the run's last partial batch is trained by
+   :func:`make_flush_step`;
 4. ``selector.observe`` receives both sets of per-instance losses (for EIF: labels by
    Eq. 1, the filter's update by Eq. 6-7, and ``R_TH``/``T_l`` every ``n`` chunks by
    Eq. 2-3, all inside the scan).

@@ -242,7 +242,10 @@ def build_runner(
     selector = engine_selector(config, filter_model, num_train=num_train, length=length)
     chunks = -(-length // config.batch_size)
     if selector is not None:
-        main_steps = chunks  # One main step per chunk.
+        # One main step per chunk. A packing selector (Selective-Backprop, InfoBatch)
+        # takes fewer, a number not known in advance: its schedule's boundaries are
+        # placed as for one step a chunk (the paper's MNIST schedule has none).
+        main_steps = chunks
     else:  # Packed: about r_set of the stream, in steps of eif_batch_size.
         main_steps = -(-int(length * config.filter.r_set) // config.eif_batch_size)
     tx = steps_lib.make_optimizer(config, main_steps)
