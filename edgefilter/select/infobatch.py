@@ -10,9 +10,12 @@ The paper (Sec. 3, Eq. 1-3, Alg. 1) and its public code
   "well learned"; a random ``prune`` of them (``--ratio``, default 0.5) is left out of
   this epoch, and the kept well-learned ones have their loss multiplied by
   ``1 / (1 - prune)`` (Eq. 3), so the expected gradient stays the full data's;
-* in the last ``1 - delta`` of the epochs (``--delta``, default 0.875: pruning in epochs
-  ``e <= delta * epochs``, the code's ``stop_prune``) everything is trained on with
-  weight 1 (annealing);
+* in the last ``1 - delta`` of the epochs (``--delta``, default 0.875) everything is
+  trained on with weight 1 (annealing): here pruning happens in epochs
+  ``e < delta * epochs`` (0-based; 20 epochs: 0-17 pruned, 18 and 19 whole, the
+  paper's "last (1 - delta) C epochs" rounded down). The code's sampler counts one
+  reset more than epochs (it also resets when built) and compares with
+  ``stop_prune = delta * epochs``, so it stops pruning one epoch earlier (after 0-16);
 * the batch loss is ``mean(weights * losses)`` over the batch, and the trained
   instances' scores become their (unweighted) losses.
 
@@ -67,7 +70,7 @@ def infobatch(
     Args:
       prune: fraction of the well-learned (below-mean score) instances pruned, in
         [0, 0.9] (the source keeps at least a tenth of them).
-      delta: pruning happens in epochs ``e <= delta * epochs``; in [0, 1].
+      delta: pruning happens in epochs ``e < delta * epochs`` (0-based); in [0, 1].
       chunk_size: ``m``, instances per chunk, also the main batch's size.
       num_train: the training set's size (the score table's length, epochs' length).
       epochs: the run's length in epochs.
@@ -109,7 +112,7 @@ def infobatch(
             valid = jnp.ones((m,), bool)
         epoch = state.streamed // num_train
         threshold = jnp.where(epoch != state.epoch, jnp.mean(state.scores), state.threshold)
-        pruning = epoch <= delta * epochs
+        pruning = epoch < delta * epochs
         well_learned = valid & (state.scores[indices] < threshold) & pruning
         dropped = well_learned & (jax.random.uniform(key, (m,)) < prune)
         weight = jnp.where(valid & ~dropped, jnp.where(well_learned, upweight, 1.0), 0.0)
