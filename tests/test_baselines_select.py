@@ -16,11 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from edgefilter import data as data_lib
 from edgefilter import select
 from edgefilter.select.selective_backprop import keep_probability
-from edgefilter.training import accounting, engine, loop, pack
+from edgefilter.training import accounting, engine, loop, pack, runners
 from edgefilter.training import config as config_lib
 from edgefilter.training import steps as steps_lib
 
@@ -242,19 +243,6 @@ def test_infobatch_prunes_below_mean_instances_and_rescales_the_kept_ones():
     np.testing.assert_allclose(state.scores, [0.5, 0.2, 0.6, 6.0, 3.0, 3.0, 3.0, 0.8])
 
 
-def test_infobatch_run_trains_fewer_full_batches_and_no_selection_forward(tmp_path, tiny_dataset):
-    # Epoch 0: every score is 3, none below the mean, all 320 trained; epoch 1 prunes
-    # about half of the below-mean half. Full batches of 32, the last one padded.
-    summary = _run(tmp_path, tiny_dataset, method="infobatch", steps=20)
-    trained = summary["instances_trained"]
-    assert 320 < trained < 640
-    assert summary["steps"] == -(-trained // M)
-    breakdown = summary["compute"]["breakdown"]
-    assert breakdown["selection_forward"] == 0
-    assert breakdown["main_forward"] == summary["steps"] * M * SLIM10_FORWARD
-    assert summary["compute"]["reduction"] > 0
-
-
 def test_oracle_with_emp_at_8_bits_counts_by_hand():
     # LeNet (PAPER.md's MACs, tests/test_accounting.py): forward 2,293,000; with EMP at
     # keep 0.5 (first conv dense) the backward is 2,698,000. Chunks of 64, r_set 0.25:
@@ -287,3 +275,40 @@ def test_oracle_with_emp_at_8_bits_counts_by_hand():
         "uncertainty_forward": 0,
         "selection_forward": round(640 * 2_293_000 * scale),
     }
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_infobatch_run_trains_fewer_full_batches_and_resumes_exactly(
+    tmp_path, tiny_dataset, monkeypatch
+):
+    # Epoch 0: every score is 3, none below the mean, all 320 trained; epoch 1 prunes
+    # about half of the below-mean half. Full batches of 32, the last one padded.
+    overrides = dict(method="infobatch", steps=20, checkpoint_every_steps=3)
+    full = _run(tmp_path / "full", tiny_dataset, **overrides)
+    trained = full["instances_trained"]
+    assert 320 < trained < 640
+    assert full["steps"] == -(-trained // M)
+    breakdown = full["compute"]["breakdown"]
+    assert breakdown["selection_forward"] == 0
+    assert breakdown["main_forward"] == full["steps"] * M * SLIM10_FORWARD
+    assert full["compute"]["reduction"] > 0
+    # The score table and the queue of kept instances are part of the checkpoint: a run
+    # stopped after 14 chunks (epoch 1, pruning) and resumed from its checkpoint after
+    # 12 ends where the uninterrupted one does.
+    run_block = runners.EngineRunner.run_block
+
+    def stop_after_14(self, loop_state, chunks):
+        if chunks[0][2] >= 14:
+            raise _Interrupted
+        return run_block(self, loop_state, chunks)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runners.EngineRunner, "run_block", stop_after_14)
+        with pytest.raises(_Interrupted):
+            _run(tmp_path / "resumed", tiny_dataset, **overrides)
+    resumed = _run(tmp_path / "resumed", tiny_dataset, **overrides)
+    assert resumed["instances_trained"] == trained
+    chex.assert_trees_all_equal(resumed["state"].params, full["state"].params)

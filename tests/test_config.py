@@ -282,7 +282,7 @@ def test_uses_emp_and_uses_eif_follow_the_method():
         (dict(eif_probe_size=-1), "--eif_probe_size=-1 is invalid: must be >= 0"),
         (dict(eif_batch_size=0), "--eif_batch_size=0 is invalid: must be a positive number"),
         (dict(eif_random_probes=-1), "--eif_random_probes=-1 is invalid: must be >= 0"),
-        (dict(select_emp=True), "--select_emp=True is invalid: EMP with a selection baseline"),
+        (dict(select_emp=True), "--select_emp=True is invalid: it adds EMP to a selection"),
         (dict(sb_beta=0.0), "--sb_beta=0.0 is invalid: must be a positive number"),
         (dict(sb_history=63), "--sb_history=63 is invalid: must be at least the batch size, 64"),
         (dict(sb_staleness=0), "--sb_staleness=0 is invalid: must be a positive integer"),

@@ -369,8 +369,8 @@ def _check_baselines(config: TrainConfig) -> None:
         _fail(
             "select_emp",
             config.select_emp,
-            f"EMP with a selection baseline ({', '.join(SELECTION_BASELINES)}); "
-            "use --method=emp or --method=eif_emp for SGD or EIF with EMP",
+            f"it adds EMP to a selection baseline only ({', '.join(SELECTION_BASELINES)}); "
+            "for SGD or EIF with EMP use --method=emp or --method=eif_emp",
         )
     if not (config.sb_beta > 0 and math.isfinite(config.sb_beta)):
         _fail("sb_beta", config.sb_beta, "must be a positive number")
