@@ -199,16 +199,25 @@ def test_stale_sb_reuses_a_loss_for_staleness_epochs_and_counts_only_real_forwar
     np.testing.assert_array_equal(state.forward_epoch, [2] * 8)
 
 
-def test_selective_backprop_run_trains_full_batches_of_what_it_kept(tmp_path, tiny_dataset):
-    # Two epochs of 10 chunks: the first primes (all 320 trained, 10 full batches), the
-    # second keeps a random part, packed into batches of 32; the last partial one is
-    # trained with padding at the end. Every chunk ran the selection forward.
-    summary = _run(tmp_path, tiny_dataset, method="selective_backprop", steps=20, sb_history=64)
+def test_stale_sb_run_trains_full_batches_of_what_it_kept(tmp_path, tiny_dataset):
+    # Two epochs of 10 chunks: the first primes (all 320 trained, 10 full batches) and
+    # runs the selection forward; the second reuses those losses (staleness 2: no
+    # forward) and keeps a random part, packed into batches of 32; the last partial
+    # batch is trained with padding at the end. (Plain SB is the same path with the
+    # forward on every chunk.)
+    summary = _run(
+        tmp_path,
+        tiny_dataset,
+        method="selective_backprop_stale",
+        steps=20,
+        sb_history=64,
+        sb_staleness=2,
+    )
     trained = summary["instances_trained"]
     assert 320 < trained < 640
     assert summary["steps"] == -(-trained // M)  # Full batches, the last one padded.
     breakdown = summary["compute"]["breakdown"]
-    assert breakdown["selection_forward"] == 20 * M * SLIM10_FORWARD
+    assert breakdown["selection_forward"] == 10 * M * SLIM10_FORWARD  # Epoch 0 only.
     assert breakdown["main_forward"] == summary["steps"] * M * SLIM10_FORWARD
 
 
