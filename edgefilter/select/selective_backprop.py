@@ -35,6 +35,10 @@ forward covers the whole chunk (fixed shapes), so a chunk that straddles two epo
 refreshes all its instances; the forward is a ``lax.cond`` branch and is counted only
 where it ran.
 
+Not counted in the accounting (which counts the networks' MACs): the CDF's
+comparisons, ``m * history`` a chunk (65,536 for 64 and 1024, against LeNet's 147
+million forward MACs for the chunk).
+
 Deviations: the history here also takes the priming epoch's losses (the code starts it
 after priming; with 1024 entries it is refilled within 16 chunks of 64 either way);
 the code's forward runs on the training network (``CutoutForwardpropper``, with

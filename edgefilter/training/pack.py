@@ -12,6 +12,18 @@ them and drops them from the queue. Nothing selected is lost (the capacity,
 ``size + m``, holds a queue just short of a batch plus a whole chunk, and ``size >= m``
 means one step always brings it back below ``size``), and nothing is padded until the
 run's last partial batch, which trains with zero-weight padding (computed, so counted).
+
+**Cost on XLA:CPU.** The main step sits in a ``lax.cond`` branch, and XLA:CPU runs a
+conditional's body several times slower than straight-line code (benchmarks/README.md,
+"Stream engine"). Measured on the shared 2-core VM (LeNet, chunks of 64, blocks of 8,
+InfoBatch's first epoch, which keeps everything, so one step a chunk like SGD): SGD
+13-60 ms a chunk, InfoBatch 110-300 ms; the same block with the branch made
+straight-line (a measurement only: it would train on partial batches) 18-35 ms. So
+on a CPU these methods' measured time is far above what their counted MACs say. A
+design without the branch: the block selects and queues only (one dispatch), the host
+reads the queue's count at the block's one sync and dispatches that many full-batch
+steps; for Selective-Backprop the selection forward then sees parameters up to a
+block's steps old (a staleness its source has too, in its forward queue).
 """
 
 from __future__ import annotations
