@@ -8,6 +8,7 @@ Hand-worked MACs of the slim LeNet with 10 classes on a 28x28x1 instance: conv
 FC 120->10: 1,200. Forward 190,248.
 """
 
+import json
 from types import SimpleNamespace
 
 import chex
@@ -219,6 +220,12 @@ def test_stale_sb_run_trains_full_batches_of_what_it_kept(tmp_path, tiny_dataset
     breakdown = summary["compute"]["breakdown"]
     assert breakdown["selection_forward"] == 10 * M * SLIM10_FORWARD  # Epoch 0 only.
     assert breakdown["main_forward"] == summary["steps"] * M * SLIM10_FORWARD
+    # A chunk that filled no batch logs what it kept, and no loss (it trained nothing).
+    with open(tmp_path / "selective_backprop_stale" / "metrics.jsonl") as f:
+        records = [r for r in map(json.loads, f) if "kept" in r]
+    assert len(records) == 20 and all(np.isfinite(r.get("loss", 0.0)) for r in records)
+    stepped = [r for r in records if "loss" in r]
+    assert 10 < len(stepped) < 20 and sum(r["trained"] for r in records) <= trained
 
 
 def test_infobatch_prunes_below_mean_instances_and_rescales_the_kept_ones():

@@ -176,9 +176,9 @@ def make_chunk_step(selector: Selector, info: data_lib.DatasetInfo) -> Callable:
         def train(main):
             return steps_lib.train_step_body(main, *batch, root, info)
 
-        def wait(main):  # No step: the batch is not full yet.
-            nan = jnp.full((), jnp.nan, jnp.float32)
-            return main, {"loss": nan, "accuracy": nan}, jnp.zeros((size,), jnp.float32)
+        def wait(main):  # No step: the batch is not full yet (no loss: see "stepped").
+            zero = jnp.zeros((), jnp.float32)
+            return main, {"loss": zero, "accuracy": zero}, jnp.zeros((size,), jnp.float32)
 
         main, metrics, train_losses = jax.lax.cond(full, train, wait, state.main)
         weight = jnp.where(full, queue.weights[:size], 0.0)
@@ -192,6 +192,7 @@ def make_chunk_step(selector: Selector, info: data_lib.DatasetInfo) -> Callable:
             **sel_metrics,
             "trained": jnp.sum(weight > 0, dtype=jnp.int32),  # Trained in this chunk's step.
             "queued": queue.count,
+            "stepped": full,  # False: "loss" and "accuracy" are placeholders, not logged.
         }
         return EngineState(main=main, selector=sel_state, queue=queue), metrics
 

@@ -174,12 +174,19 @@ class EngineRunner:
 
 
 def _records(metrics: dict[str, np.ndarray], chunks: list[int]) -> list[Record]:
-    """Per chunk, a "train" record, and a "window" record where a filter window closed."""
+    """Per chunk, a "train" record, and a "window" record where a filter window closed.
+
+    A packing selector's chunk that took no main step has no loss or accuracy in its
+    record (it trained nothing)."""
     window_keys = [k for k in metrics if k.startswith("window/")]
-    train_keys = [k for k in metrics if k not in window_keys and k != "window_closed"]
+    hidden = {"window_closed", "stepped"}
+    train_keys = [k for k in metrics if k not in window_keys and k not in hidden]
     records: list[Record] = []
     for i, chunk in enumerate(chunks):
-        records.append((chunk, "train", {k: metrics[k][i] for k in train_keys}))
+        keys = train_keys
+        if "stepped" in metrics and not metrics["stepped"][i]:  # A packing selector's
+            keys = [k for k in keys if k not in ("loss", "accuracy")]  # chunk, no step.
+        records.append((chunk, "train", {k: metrics[k][i] for k in keys}))
         if "window_closed" in metrics and metrics["window_closed"][i]:
             window = {k.removeprefix("window/"): metrics[k][i] for k in window_keys}
             records.append((chunk, "window", window))
