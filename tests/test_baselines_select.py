@@ -220,12 +220,14 @@ def test_stale_sb_run_trains_full_batches_of_what_it_kept(tmp_path, tiny_dataset
     breakdown = summary["compute"]["breakdown"]
     assert breakdown["selection_forward"] == 10 * M * SLIM10_FORWARD  # Epoch 0 only.
     assert breakdown["main_forward"] == summary["steps"] * M * SLIM10_FORWARD
-    # A chunk that filled no batch logs what it kept, and no loss (it trained nothing).
+    # Every chunk logs what it kept; the steps' loss and trained count are logged at the
+    # end of the block that took them (blocks of 2 chunks), and at the run's end.
     with open(tmp_path / "selective_backprop_stale" / "metrics.jsonl") as f:
-        records = [r for r in map(json.loads, f) if "kept" in r]
-    assert len(records) == 20 and all(np.isfinite(r.get("loss", 0.0)) for r in records)
-    stepped = [r for r in records if "loss" in r]
-    assert 10 < len(stepped) < 20 and sum(r["trained"] for r in records) <= trained
+        records = [r for r in map(json.loads, f) if "trained" in r]
+    assert sum("kept" in r for r in records) == 20
+    assert sum(r["trained"] for r in records) == trained
+    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+    assert all("loss" not in r for r in records if r["trained"] == 0)
 
 
 def test_infobatch_prunes_below_mean_instances_and_rescales_the_kept_ones():
@@ -328,3 +330,19 @@ def test_infobatch_run_trains_fewer_full_batches_and_resumes_exactly(
     resumed = _run(tmp_path / "resumed", tiny_dataset, **overrides)
     assert resumed["instances_trained"] == trained
     chex.assert_trees_all_equal(resumed["state"].params, full["state"].params)
+
+
+def test_a_packing_run_does_not_resume_with_another_block_length(tmp_path):
+    # Its queue holds a block's kept instances and SB's forward sees the block's start,
+    # so --block_chunks is part of the run; for the other methods it changes no value.
+    for method, refused in (("infobatch", True), ("selective_backprop", True), ("sgd", False)):
+        workdir = tmp_path / method
+        workdir.mkdir()
+        config = config_lib.from_flags(dict(method=method, block_chunks=8))
+        (workdir / "config.json").write_text(json.dumps(config_lib.as_flags(config)))
+        other = config_lib.from_flags(dict(method=method, block_chunks=4))
+        if refused:
+            with pytest.raises(ValueError, match=r"--block_chunks: 8 -> 4"):
+                loop.check_resumable(other, str(workdir))
+        else:
+            loop.check_resumable(other, str(workdir))

@@ -48,9 +48,10 @@ selector written for the contract above runs unchanged):
   chunk's instances and trains them in full batches of ``pack_size``. Its ``Choice``
   has ``train_size = m`` slots, weight ``> 0`` for a kept instance (the weight its loss
   is multiplied by) and 0 for the others; the engine queues the kept ones on the device
-  (:mod:`edgefilter.training.pack`) and takes a main step whenever ``pack_size`` are
-  queued. ``observe`` then gets ``train_losses`` of that batch (``[pack_size]``, zeros
-  in a chunk that took no step) and a keyword ``packed``, a :class:`Packed` saying which
+  (:mod:`edgefilter.training.pack`) and takes a main step per full batch of
+  ``pack_size`` queued. ``observe`` is then called once per main step, not per chunk:
+  ``observe(state, None, None, train_losses, probe_losses, packed=...)`` with the
+  batch's losses (``[pack_size]``), no probe losses, and a :class:`Packed` saying which
   instances they were.
 
 Main-network losses are mean cross-entropies weighted by the slots' weights over the
@@ -116,12 +117,12 @@ class Selector(NamedTuple):
 
 
 class Packed(NamedTuple):
-    """The batch a packing selector's instances were trained in, in this chunk's step.
+    """The batch a packing selector's instances were trained in, in one main step.
 
     Attributes:
       indices: ``[pack_size]`` int32, the training-set indices of the batch's rows.
-      weight: ``[pack_size]`` float32, each row's loss weight; all 0 in a chunk that took
-        no main step, and 0 on the padding rows of the run's last, partial batch.
+      weight: ``[pack_size]`` float32, each row's loss weight; 0 on the padding rows of
+        the run's last, partial batch.
     """
 
     indices: jax.Array

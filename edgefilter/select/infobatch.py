@@ -25,7 +25,9 @@ forward or backward is computed for it), ``select`` decides from the instance's 
 (a table keyed by its training-set index, ``needs_indices``, in the selector state and
 so checkpointed with the run) and the epoch's threshold, and the engine packs the kept
 ones into full batches of ``m`` (``pack_size``): fewer main steps of full batches, as in
-the source, and the work counted is the work computed. The threshold is the mean of the
+the source, and the work counted is the work computed. The steps run at the end of each
+block of chunks; within a block no decision reads a score those steps would change
+(an instance is seen once an epoch, and blocks end at epoch ends). The threshold is the mean of the
 scores when the epoch's first chunk arrives; an instance's score is its loss when last
 trained, which for an instance seen once an epoch is the score the source's sampler
 would read at that epoch's start.
@@ -131,18 +133,17 @@ def infobatch(
 
     def observe(
         state: InfoBatchState,
-        x: jax.Array,
-        choice: Choice,
+        x: None,
+        choice: None,
         train_losses: jax.Array,
         probe_losses: jax.Array,
         *,
         packed: Packed,
     ) -> tuple[InfoBatchState, dict[str, jax.Array]]:
-        del x, probe_losses
-        # The trained instances' scores become their losses (none in a chunk with no step).
+        del x, choice, probe_losses
+        # The trained instances' scores become their losses (not a padding row's).
         rows = jnp.where(packed.weight > 0, packed.indices, num_train)
         scores = state.scores.at[rows].set(train_losses, mode="drop")
-        kept = jnp.sum(choice.train_weight > 0, dtype=jnp.int32)
-        return state.replace(scores=scores), {"kept": kept, "threshold": state.threshold}
+        return state.replace(scores=scores), {"threshold": state.threshold}
 
     return Selector(init, select, observe, m, 0, needs_indices=True, pack_size=m)

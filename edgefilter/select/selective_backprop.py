@@ -21,7 +21,11 @@ inference-mode losses on the whole chunk (``chunk_forward``), ``select`` draws t
 decisions, and the engine packs the kept instances into batches of ``m`` on the device
 (``pack_size``, :mod:`edgefilter.training.pack`), so the number of main steps is the
 number of full batches: the work counted is the work computed, nothing is lost or
-padded but the run's last partial batch.
+padded but the run's last partial batch. The engine takes those steps at the end of
+each block of ``--block_chunks`` chunks, so the selection forward sees parameters up to
+a block old (the source's, at most one backward batch); a shorter block is closer to
+the source, a longer one faster (one dispatch per block), and unlike the other
+methods a run's values depend on ``--block_chunks``.
 
 **Stale-SB** (``staleness``, Sec. 4.3 "Reducing forward pass overhead"; the code's
 ``StaleSelector``, ``--staleness`` default 3): an instance's forward pass is skipped and
@@ -191,15 +195,15 @@ def selective_backprop(
 
     def observe(
         state: SbState,
-        x: jax.Array,
-        choice: Choice,
+        x: None,
+        choice: None,
         train_losses: jax.Array,
         probe_losses: jax.Array,
         *,
         packed: Packed,
     ) -> tuple[SbState, dict[str, jax.Array]]:
-        del x, train_losses, probe_losses, packed  # SB learns from its forward only.
-        return state, {"kept": jnp.sum(choice.train_weight > 0, dtype=jnp.int32)}
+        del x, choice, train_losses, probe_losses, packed  # SB learns from its forward.
+        return state, {}
 
     return Selector(
         init,

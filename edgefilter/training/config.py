@@ -52,6 +52,7 @@ __all__ = [
     "EMP_POLICIES",
     "FLAGS",
     "METHODS",
+    "PACKING_BASELINES",
     "SELECTION_BASELINES",
     "EmpConfig",
     "FilterConfig",
@@ -73,6 +74,8 @@ SELECTION_BASELINES = (
     "selective_backprop_stale",
     "infobatch",
 )
+# Those whose kept count varies: packed into full batches at each block's end.
+PACKING_BASELINES = ("selective_backprop", "selective_backprop_stale", "infobatch")
 METHODS = ("sgd", "emp", "eif", "eif_emp", *SELECTION_BASELINES)
 EMP_POLICIES = ("topk", "threshold")
 BITS = (32, 16, 8, 6, 4)

@@ -15,10 +15,13 @@ per-chunk step, one iteration of a :func:`jax.lax.scan` over a block of chunks:
 3. the main network trains on the training slots, weighted by ``choice.train_weight``
    (forward and backward, with EMP when its convolutions prune: Eq. 8-14), one step.
    A selector with ``pack_size`` (Selective-Backprop, InfoBatch) keeps a
-   data-dependent number instead: the kept instances join a queue in the scan carry
-   (:mod:`edgefilter.training.pack`) and the main step runs, under ``lax.cond``, when
-   the queue holds a full batch; the run's last partial batch is trained by
-   :func:`make_flush_step`;
+   data-dependent number instead: here its kept instances only join a queue in the
+   scan carry (:mod:`edgefilter.training.pack`); at the block's end the host reads the
+   queue's count and runs :func:`make_queue_step` once per full batch (one main step
+   each), and once after the run's last chunk for the partial batch left. No
+   ``lax.cond``: XLA:CPU runs a conditional's body several times slower than
+   straight-line code (``pack``'s module doc has the numbers). The price: a selection
+   forward within a block sees the parameters of the block's start;
 4. ``selector.observe`` receives both sets of per-instance losses (for EIF: labels by
    Eq. 1, the filter's update by Eq. 6-7, and ``R_TH``/``T_l`` every ``n`` chunks by
    Eq. 2-3, all inside the scan).
@@ -32,14 +35,18 @@ per run, ``block_chunks`` and 1, whatever the stream.
 
 A chunk's randomness comes from the run's key and the chunk's number (selection) and
 the main network's step number (augmentation, dropout), so a run's result does not
-depend on where its blocks begin and end: a run resumed from a checkpoint ends with the
-same parameters as an uninterrupted one.
+depend on where its blocks begin and end (Selective-Backprop's does: its selection
+forward sees the parameters of its block's start), and a run resumed from a checkpoint
+ends with the same parameters as an uninterrupted one (a checkpoint ends a block, in
+both).
 
 Not here: the paper's argmax rule keeps a data-dependent number of instances per chunk;
 packed into fixed batches that is a data-dependent number of main steps per chunk, a
 loop or a conditional inside the scan, whose body XLA:CPU runs several times slower
 than straight-line code (benchmarks/README.md, "Stream engine"). It keeps the host-queue
-runner (:mod:`edgefilter.training.eif_runner`), as does a non-default ``--eif_batch_size``.
+runner (:mod:`edgefilter.training.eif_runner`), as does a non-default ``--eif_batch_size``
+(the packing selectors' queue with steps at the block's end could carry them too, with
+the filter's decisions a block stale).
 """
 
 from __future__ import annotations
@@ -66,7 +73,7 @@ __all__ = [
     "chunk_losses",
     "make_block_step",
     "make_chunk_step",
-    "make_flush_step",
+    "make_queue_step",
     "probe_losses",
 ]
 
@@ -155,74 +162,57 @@ def make_chunk_step(selector: Selector, info: data_lib.DatasetInfo) -> Callable:
             probe_x = steps_lib.preprocess(probe_images, info, None)
             probed = probe_losses(state.main, probe_x, probe_labels)
         if selector.pack_size is not None:
-            return _packed_step(state, sel_state, x, images, labels, indices, choice, probed, root)
+            return _packed_step(state, sel_state, images, labels, indices, choice)
         main, metrics, train_losses = steps_lib.train_step_body(
             state.main, train_images, train_labels, choice.train_weight, root, info
         )
         sel_state, sel_metrics = selector.observe(sel_state, x, choice, train_losses, probed)
         return EngineState(main=main, selector=sel_state), {**metrics, **sel_metrics}
 
-    def _packed_step(state, sel_state, x, images, labels, indices, choice, probed, root):
-        """Queue the kept instances; one main step if a batch of ``pack_size`` is full."""
-        size = selector.pack_size
+    def _packed_step(state, sel_state, images, labels, indices, choice):
+        """A packing selector's chunk: its kept instances join the queue; no step here."""
         if indices is None:
             indices = jnp.zeros(labels.shape, jnp.int32)
         queue = pack.push(
             state.queue, images, labels, indices, choice.train_idx, choice.train_weight
         )
-        full = queue.count >= size
-        batch = (queue.images[:size], queue.labels[:size], queue.weights[:size])
-
-        def train(main):
-            return steps_lib.train_step_body(main, *batch, root, info)
-
-        def wait(main):  # No step: the batch is not full yet (no loss: see "stepped").
-            zero = jnp.zeros((), jnp.float32)
-            return main, {"loss": zero, "accuracy": zero}, jnp.zeros((size,), jnp.float32)
-
-        main, metrics, train_losses = jax.lax.cond(full, train, wait, state.main)
-        weight = jnp.where(full, queue.weights[:size], 0.0)
-        packed = Packed(indices=queue.indices[:size], weight=weight)
-        queue = pack.pop(queue, size, full)
-        sel_state, sel_metrics = selector.observe(
-            sel_state, x, choice, train_losses, probed, packed=packed
-        )
-        metrics = {
-            **metrics,
-            **sel_metrics,
-            "trained": jnp.sum(weight > 0, dtype=jnp.int32),  # Trained in this chunk's step.
-            "queued": queue.count,
-            "stepped": full,  # False: "loss" and "accuracy" are placeholders, not logged.
-        }
-        return EngineState(main=main, selector=sel_state, queue=queue), metrics
+        metrics = {"kept": jnp.sum(choice.train_weight > 0, dtype=jnp.int32)}
+        return state.replace(selector=sel_state, queue=queue), metrics
 
     return chunk_step
 
 
-def make_flush_step(
+def make_queue_step(
     selector: Selector, info: data_lib.DatasetInfo, *, xla_cpu: bool | None = None
 ) -> Callable:
-    """The jitted ``flush(state, root) -> (state, metrics)`` of a packing selector's run.
+    """The jitted ``queue_step(state, root) -> (state, metrics)`` of a packing selector.
 
-    Trains what the queue still holds after the run's last chunk (fewer than
-    ``pack_size`` instances) as one last main step, its free rows zero-weight padding
-    (computed, so counted), and empties the queue. The selector does not observe it:
-    the run ends there. Call it only when ``state.queue.count > 0``.
+    One main step on the first ``pack_size`` queued instances, weighted by their loss
+    weights; ``selector.observe`` gets the batch's losses and a :class:`Packed` naming
+    its instances; the batch leaves the queue. The caller (the runner, at a block's host
+    sync) calls it once for every full batch the queue holds, and once more after the
+    run's last chunk if anything is left, whose free rows are then zero-weight padding
+    (computed, so counted).
     """
     size = selector.pack_size
 
     @functools.partial(backends.jit, xla_cpu=xla_cpu, donate_argnums=0)
-    def flush(state: EngineState, root: jax.Array) -> tuple[EngineState, dict[str, jax.Array]]:
+    def queue_step(state: EngineState, root: jax.Array) -> tuple[EngineState, dict[str, jax.Array]]:
         queue = state.queue
         weight = queue.weights[:size]  # Zero past the queue's count (pack.pop).
-        main, metrics, _ = steps_lib.train_step_body(
+        main, metrics, losses = steps_lib.train_step_body(
             state.main, queue.images[:size], queue.labels[:size], weight, root, info
         )
-        metrics["trained"] = jnp.sum(weight > 0, dtype=jnp.int32)
-        queue = pack.pop(queue.replace(count=jnp.asarray(size, jnp.int32)), size, True)
-        return state.replace(main=main, queue=queue), metrics
+        packed = Packed(indices=queue.indices[:size], weight=weight)
+        empty = jnp.zeros((0,), jnp.float32)
+        sel_state, sel_metrics = selector.observe(
+            state.selector, None, None, losses, empty, packed=packed
+        )
+        metrics = {**metrics, **sel_metrics, "trained": jnp.sum(weight > 0, dtype=jnp.int32)}
+        queue = pack.pop(queue, size, True)
+        return EngineState(main=main, selector=sel_state, queue=queue), metrics
 
-    return flush
+    return queue_step
 
 
 def make_block_step(

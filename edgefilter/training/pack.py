@@ -1,29 +1,30 @@
 """An on-device queue that packs a variable number of selected instances per chunk into
-full main-network batches (the scan carry of the stream engine).
+full main-network batches (in the stream engine's scan carry).
 
 Selective-Backprop and InfoBatch keep a data-dependent number of each chunk's
 instances, but train on full batches: SB "accumulates selected examples until a batch
 is full" (Jiang et al. 2019, Sec. 3; its ``get_batch``), InfoBatch's sampler yields
 full batches of what it did not prune. In the stream engine every chunk has the same
 shapes, so the kept instances (uint8 images, labels, loss weights and training-set
-indices) are appended to a fixed-capacity queue in the carry; a chunk after which the
-queue holds ``size`` instances or more trains one main step on the first ``size`` of
-them and drops them from the queue. Nothing selected is lost (the capacity,
-``size + m``, holds a queue just short of a batch plus a whole chunk, and ``size >= m``
-means one step always brings it back below ``size``), and nothing is padded until the
-run's last partial batch, which trains with zero-weight padding (computed, so counted).
+indices) are appended to a fixed-capacity queue; after a block of ``B`` chunks the host
+reads the queue's count and takes one main step per full batch of ``size``
+(:func:`edgefilter.training.engine.make_queue_step`), each dropping its batch from the
+queue. Nothing selected is lost (the capacity, ``size + B * m``, holds a queue just
+short of a batch plus a whole block), and nothing is padded but the run's last partial
+batch, which trains with zero-weight padding (computed, so counted).
 
-**Cost on XLA:CPU.** The main step sits in a ``lax.cond`` branch, and XLA:CPU runs a
-conditional's body several times slower than straight-line code (benchmarks/README.md,
-"Stream engine"). Measured on the shared 2-core VM (LeNet, chunks of 64, blocks of 8,
-InfoBatch's first epoch, which keeps everything, so one step a chunk like SGD): SGD
-13-60 ms a chunk, InfoBatch 110-300 ms; the same block with the branch made
-straight-line (a measurement only: it would train on partial batches) 18-35 ms. So
-on a CPU these methods' measured time is far above what their counted MACs say. A
-design without the branch: the block selects and queues only (one dispatch), the host
-reads the queue's count at the block's one sync and dispatches that many full-batch
-steps; for Selective-Backprop the selection forward then sees parameters up to a
-block's steps old (a staleness its source has too, in its forward queue).
+**Why not a step inside the scan under** ``lax.cond`` (a step in the chunk that fills a
+batch): XLA:CPU runs a conditional's body several times slower than straight-line code
+(benchmarks/README.md, "Stream engine"). Measured on the shared 2-core VM (LeNet,
+chunks of 64, blocks of 8, InfoBatch's first epoch, which keeps everything, so one step
+a chunk like SGD): SGD 13-60 ms a chunk, the step under ``lax.cond`` 110-300 ms, the
+same block with the branch made straight-line (a measurement only) 18-35 ms. With the
+steps at the block's end, ``experiments.train --steps=400`` (one run each, the same VM)
+trained InfoBatch's first 400 chunks in 9.3 s against SGD's 11.1 s (under ``lax.cond``:
+186 s against 23 s). The price
+of stepping at the block's end: Selective-Backprop's selection forward within a block
+sees the parameters of the block's start (its source's forward sees parameters at
+most one backward batch old).
 """
 
 from __future__ import annotations
@@ -45,15 +46,19 @@ class Queue(struct.PyTreeNode):
     count: jax.Array  # int32 scalar
 
 
-def empty(size: int, chunk_size: int, image_shape: tuple[int, ...]) -> Queue:
-    """An empty queue for batches of ``size`` (``>= chunk_size``) from chunks of ``m``.
+def empty(size: int, chunk_size: int, image_shape: tuple[int, ...], chunks: int = 1) -> Queue:
+    """An empty queue for batches of ``size`` from blocks of ``chunks`` chunks of ``m``.
+
+    Its capacity, ``size + chunks * chunk_size``, holds what a block can add to a queue
+    emptied of its full batches after the block before.
 
     Raises:
-      ValueError: when ``size < chunk_size`` (one step per chunk could not keep up).
+      ValueError: for a ``size``, ``chunk_size`` or ``chunks`` below 1.
     """
-    if size < chunk_size:
-        raise ValueError(f"size={size!r} must be >= chunk_size={chunk_size!r}")
-    capacity = size + chunk_size
+    for name, value in (("size", size), ("chunk_size", chunk_size), ("chunks", chunks)):
+        if value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+    capacity = size + chunks * chunk_size
     return Queue(
         images=jnp.zeros((capacity, *image_shape), jnp.uint8),
         labels=jnp.zeros((capacity,), jnp.int32),
@@ -90,11 +95,11 @@ def push(
 
 
 def pop(queue: Queue, size: int, full: jax.Array) -> Queue:
-    """The queue less its first ``size`` rows if ``full``, else unchanged."""
+    """The queue less its first ``size`` rows (all of it if fewer) if ``full``."""
     capacity = queue.labels.shape[0]
     shift = jnp.where(full, size, 0)
     rows = jnp.minimum(jnp.arange(capacity) + shift, capacity - 1)
-    count = queue.count - shift
+    count = jnp.maximum(queue.count - shift, 0)
     weights = jnp.where(jnp.arange(capacity) < count, queue.weights[rows], 0.0)
     return Queue(
         images=queue.images[rows],

@@ -101,9 +101,9 @@ class EngineRunner:
         self.config, self.info, self.selector = config, info, selector
         self.dataset, self.root = dataset, root
         self.block_step = engine_lib.make_block_step(selector, info, xla_cpu=config.xla_cpu)
-        self.flush_step = None
+        self.queue_step = None
         if selector.pack_size is not None:
-            self.flush_step = engine_lib.make_flush_step(selector, info, xla_cpu=config.xla_cpu)
+            self.queue_step = engine_lib.make_queue_step(selector, info, xla_cpu=config.xla_cpu)
 
     def initial(self) -> dict[str, Any]:
         """The runner's part of a fresh loop state: the selector's state (and the queue
@@ -113,14 +113,16 @@ class EngineRunner:
         key = jax.random.fold_in(self.root, 2**31 - 1)
         out = {"selector": self.selector.init(key, example)}
         if self.selector.pack_size is not None:
-            out["queue"] = pack.empty(self.selector.pack_size, m, shape)
+            size, chunks = self.selector.pack_size, self.config.block_chunks
+            out["queue"] = pack.empty(size, m, shape, chunks)
         return out
 
     def run_block(
         self, loop: dict[str, Any], chunks: list[tuple[np.ndarray, np.ndarray, int]]
     ) -> tuple[dict[str, Any], list[Record]]:
         """The chunks through the stream engine: one dispatch for a full block, else one
-        per chunk; one host sync either way."""
+        per chunk; one host sync either way (a packing selector adds one per dispatch,
+        to read its queue's count, and one dispatch per full batch)."""
         m, shape = self.config.batch_size, self.info.image_shape
         full = len(chunks) == self.config.block_chunks
         groups = [chunks] if full else [[c] for c in chunks]
@@ -138,6 +140,8 @@ class EngineRunner:
             state, metrics = self.block_step(
                 state, images, labels, valid, numbers, self.root, slot_indices
             )
+            if self.queue_step is not None:
+                state, metrics = self._train_full_batches(state, metrics)
             outputs.append(metrics)
         fetched = jax.device_get(outputs)  # The block's one host sync.
         metrics = {k: np.concatenate([o[k] for o in fetched]) for k in fetched[0]}
@@ -151,14 +155,44 @@ class EngineRunner:
             loop["queue"] = state.queue
         return loop, _records(metrics, [c for _, _, c in chunks])
 
+    def _train_full_batches(
+        self, state: engine_lib.EngineState, metrics: dict[str, jax.Array]
+    ) -> tuple[engine_lib.EngineState, dict[str, Any]]:
+        """A packing selector's main steps after a block: one per full queued batch.
+
+        Reads the queue's count (a host sync) and dispatches that many steps. The
+        block's per-chunk metrics get what they trained at the block's last chunk:
+        ``trained`` (0 before it), and the steps' mean ``loss`` and ``accuracy`` with
+        ``stepped`` set where any step ran.
+        """
+        steps = int(state.queue.count) // self.selector.pack_size
+        done = []
+        for _ in range(steps):
+            state, step_metrics = self.queue_step(state, self.root)
+            done.append(step_metrics)
+        done = jax.device_get(done)
+        chunks = len(metrics["kept"])
+        last = np.arange(chunks) == chunks - 1
+        trained = sum(int(d["trained"]) for d in done)
+        metrics = dict(
+            metrics,
+            trained=np.where(last, trained, 0),
+            stepped=last & bool(steps),
+            queued=np.full(chunks, int(state.queue.count)),
+        )
+        for key in ("loss", "accuracy"):
+            mean = float(np.mean([d[key] for d in done])) if done else 0.0
+            metrics[key] = np.where(last, mean, 0.0)
+        return state, metrics
+
     def finish(self, loop: dict[str, Any], chunk: int) -> tuple[dict[str, Any], list[Record]]:
         """Trains a packing selector's last, partial batch (else nothing is queued)."""
-        if self.flush_step is None or int(loop["queue"].count) == 0:
+        if self.queue_step is None or int(loop["queue"].count) == 0:
             return loop, []
         state = engine_lib.EngineState(
             main=loop["state"], selector=loop["selector"], queue=loop["queue"]
         )
-        state, metrics = self.flush_step(state, self.root)
+        state, metrics = self.queue_step(state, self.root)
         metrics = jax.device_get(metrics)
         trained = np.asarray(loop["trained"] + int(metrics["trained"]), np.int64)
         loop = dict(
@@ -168,8 +202,8 @@ class EngineRunner:
 
     def compilations(self) -> dict[str, int]:
         out = {"block": self.block_step._cache_size()}  # Lengths block_chunks and 1.
-        if self.flush_step is not None:
-            out["flush"] = self.flush_step._cache_size()
+        if self.queue_step is not None:
+            out["queue_step"] = self.queue_step._cache_size()
         return out
 
 
