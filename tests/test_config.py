@@ -170,6 +170,12 @@ FLAG_DEFAULTS = {
     "sd_final_survival": None,
     "slu_beta": None,
     "slu_minimum": None,
+    "select_emp": False,
+    "sb_beta": 3.0,
+    "sb_history": 1024,
+    "sb_staleness": 3,
+    "infobatch_prune": 0.5,
+    "infobatch_delta": 0.875,
 }
 
 
@@ -254,7 +260,10 @@ def test_uses_emp_and_uses_eif_follow_the_method():
         "eif": (False, True),
         "eif_emp": (True, True),
         **dict.fromkeys(config_lib.BUDGET_METHODS, (False, False)),
+        **dict.fromkeys(config_lib.SELECTION_BASELINES, (False, False)),
     }
+    # A selection baseline composes with EMP on request.
+    assert TrainConfig(method="ohem", select_emp=True).uses_emp
 
 
 @pytest.mark.parametrize(
@@ -262,7 +271,7 @@ def test_uses_emp_and_uses_eif_follow_the_method():
     [
         (dict(model="resnet9"), "--model='resnet9' is invalid: choose one of lenet, lenet_slim"),
         (dict(dataset="svhn"), "--dataset='svhn' is invalid: choose one of mnist"),
-        (dict(method="ohem"), "--method='ohem' is invalid: choose one of sgd, emp, eif, eif_emp"),
+        (dict(method="smx"), "--method='smx' is invalid: choose one of sgd, emp, eif, eif_emp"),
         (dict(bits=7), "--bits=7 is invalid: choose one of 32, 16, 8, 6, 4"),
         (dict(epochs=1.0, steps=5), "--steps=5 is invalid: give --epochs or --steps, not both"),
         (dict(epochs=0.0), "--epochs=0.0 is invalid: must be a positive number"),
@@ -281,6 +290,12 @@ def test_uses_emp_and_uses_eif_follow_the_method():
         (dict(eif_probe_size=-1), "--eif_probe_size=-1 is invalid: must be >= 0"),
         (dict(eif_batch_size=0), "--eif_batch_size=0 is invalid: must be a positive number"),
         (dict(eif_random_probes=-1), "--eif_random_probes=-1 is invalid: must be >= 0"),
+        (dict(select_emp=True), "--select_emp=True is invalid: it adds EMP to a selection"),
+        (dict(sb_beta=0.0), "--sb_beta=0.0 is invalid: must be a positive number"),
+        (dict(sb_history=63), "--sb_history=63 is invalid: must be at least the batch size, 64"),
+        (dict(sb_staleness=0), "--sb_staleness=0 is invalid: must be a positive integer"),
+        (dict(infobatch_prune=0.95), "--infobatch_prune=0.95 is invalid: must lie in [0, 0.9]"),
+        (dict(infobatch_delta=1.5), "--infobatch_delta=1.5 is invalid: must lie in [0, 1]"),
     ],
 )
 def test_bad_values_are_rejected_with_one_clear_message(kwargs, message):

@@ -64,7 +64,8 @@ def fresh_flags():
     [
         ("--model=resnet9", "--model='resnet9' is invalid: choose one of lenet"),
         ("--dataset=svhn", "--dataset='svhn' is invalid"),
-        ("--method=ohem", "--method='ohem' is invalid"),
+        ("--method=nonesuch", "--method='nonesuch' is invalid"),
+        ("--infobatch_prune=0.95", "--infobatch_prune=0.95 is invalid: must lie in [0, 0.9]"),
         ("--batch_size=0", "--batch_size=0 is invalid: must be a positive number"),
         ("--batch_size=abc", "batch_size"),
         ("--emp_keep=1.5", "--emp_keep=1.5 is invalid: must lie in (0, 1]"),

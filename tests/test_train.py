@@ -24,6 +24,9 @@ def test_weighted_cross_entropy_matches_numpy():
     loss, per_instance = train_lib.weighted_cross_entropy(logits, labels, weights)
     np.testing.assert_allclose(per_instance, per, rtol=1e-6)
     np.testing.assert_allclose(loss, per[:2].mean(), rtol=1e-6)
+    # A weight other than 1 rescales its instance; the mean is over the 2 real instances.
+    loss, _ = train_lib.weighted_cross_entropy(logits, labels, np.array([2.0, 1.0, 0.0]))
+    np.testing.assert_allclose(loss, (2 * per[0] + per[1]) / 2, rtol=1e-6)
 
 
 def test_schedule_divides_by_ten_at_the_boundaries():

@@ -14,8 +14,10 @@ T_l), ``eif_unweighted`` (unweighted filter loss), ``eif_argmax`` (the paper's a
 decision instead of quantile control), ``eif_argmax_static`` (argmax and a fixed T_l:
 the paper's static-threshold ablation) and ``eif_no_uncertainty`` (no uncertainty
 sampling); ``smb``, ``smd``, ``sd`` and ``e2train`` are the paper's schedule- and
-model-level baselines at their sources' defaults. A variant is a set of flag values
-(``config.from_flags``) over the base config.
+model-level baselines at their sources' defaults, and ``random``, ``oracle``, ``ohem``,
+``selective_backprop``, ``selective_backprop_stale`` and ``infobatch`` the data-selection
+baselines of issue #18. A variant is a set of flag values (``config.from_flags``) over
+the base config.
 """
 
 from __future__ import annotations
@@ -59,6 +61,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "smd": {"method": "smd"},
     "sd": {"method": "sd"},
     "e2train": {"method": "e2train"},
+    # Data-selection baselines (issue #18), on the same selection interface as EIF.
+    "random": {"method": "random"},
+    "oracle": {"method": "oracle"},
+    "ohem": {"method": "ohem"},
+    "selective_backprop": {"method": "selective_backprop"},
+    "selective_backprop_stale": {"method": "selective_backprop_stale"},
+    "infobatch": {"method": "infobatch"},
 }
 
 

@@ -28,6 +28,36 @@ The contract:
   every call, among them ``trained``, the number of instances trained on in this chunk.
 * All three are pure and jittable, need no host round trip, and do not recompile from
   one chunk to the next.
+
+Optional needs, declared by a selector's fields (the defaults ask for nothing, so a
+selector written for the contract above runs unchanged):
+
+* ``chunk_forward`` (``"inference"`` or ``"train"``): the selector ranks instances by
+  the main network's own loss, before choosing. ``select`` then gets a keyword
+  ``forward``: a function of no arguments returning ``[m]`` per-instance losses of the
+  whole chunk under the main network's current parameters, in inference mode (batch
+  norm's running statistics) or training mode (the chunk's batch statistics, which are
+  not kept). The forward is computed where ``select`` calls it (inside a ``lax.cond`` for
+  a selector that needs it only sometimes) and is not free: such a selector counts the
+  chunk slots it forwarded in its state's ``forwarded`` (an int scalar), which
+  :mod:`edgefilter.training.accounting` counts as ``selection_forward``.
+* ``needs_indices``: ``select`` gets a keyword ``indices``, ``[m]`` int32, each chunk
+  slot's index in the training set (a padding slot repeats a real index), for a
+  selector that keeps a per-instance history keyed by it.
+* ``pack_size`` (an int ``>= m``): the selector keeps a data-dependent number of each
+  chunk's instances and trains them in full batches of ``pack_size``. Its ``Choice``
+  has ``train_size = m`` slots, weight ``> 0`` for a kept instance (the weight its loss
+  is multiplied by) and 0 for the others; the engine queues the kept ones on the device
+  (:mod:`edgefilter.training.pack`) and takes a main step per full batch of
+  ``pack_size`` queued. ``observe`` is then called once per main step, not per chunk:
+  ``observe(state, None, None, train_losses, probe_losses, packed=...)`` with the
+  batch's losses (``[pack_size]``), no probe losses, and a :class:`Packed` saying which
+  instances they were.
+
+Main-network losses are mean cross-entropies weighted by the slots' weights over the
+count of slots with a positive weight (``training.steps.weighted_cross_entropy``), so a
+weight other than 1 rescales an instance's gradient (InfoBatch) and a zero-weight
+padding slot adds nothing.
 """
 
 from __future__ import annotations
@@ -38,7 +68,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Choice", "Selector", "gather"]
+__all__ = ["Choice", "Packed", "Selector", "gather"]
 
 
 class Choice(NamedTuple):
@@ -65,10 +95,15 @@ class Selector(NamedTuple):
 
     Attributes:
       init: ``(key, x_example) -> state``.
-      select: ``(state, x, key, valid=None) -> (Choice, state)``.
+      select: ``(state, x, key, valid=None, **needs) -> (Choice, state)``.
       observe: ``(state, x, choice, train_losses, probe_losses) -> (state, metrics)``.
       train_size: training slots per chunk (static).
       probe_size: probe slots per chunk (static; 0 when the method probes nothing).
+      chunk_forward: ``None``, ``"inference"`` or ``"train"``: ``select`` gets
+        ``forward``, the main network's losses on the whole chunk (module doc).
+      needs_indices: ``select`` gets ``indices``, the chunk slots' training-set indices.
+      pack_size: ``None``, or the batch size the kept instances are packed into (module
+        doc); then ``train_size`` is the chunk size.
     """
 
     init: Callable[..., Any]
@@ -76,6 +111,22 @@ class Selector(NamedTuple):
     observe: Callable[..., tuple[Any, dict[str, jax.Array]]]
     train_size: int
     probe_size: int
+    chunk_forward: str | None = None
+    needs_indices: bool = False
+    pack_size: int | None = None
+
+
+class Packed(NamedTuple):
+    """The batch a packing selector's instances were trained in, in one main step.
+
+    Attributes:
+      indices: ``[pack_size]`` int32, the training-set indices of the batch's rows.
+      weight: ``[pack_size]`` float32, each row's loss weight; 0 on the padding rows of
+        the run's last, partial batch.
+    """
+
+    indices: jax.Array
+    weight: jax.Array
 
 
 def gather(choice: Choice, *arrays: jax.Array) -> tuple[tuple[jax.Array, ...], ...]:

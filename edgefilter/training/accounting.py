@@ -12,6 +12,11 @@ PAPER.md and :mod:`edgefilter.flops`), from what the run actually executed:
 * ``filter_training``: the filter's forward and backward on its training instances.
 * ``uncertainty_forward``: the main network's forward on the uncertainty-sampled
   instances (Eq. 4-5), which are probed but not trained on.
+* ``selection_forward``: the main network's forward passes a data-selection baseline
+  runs to choose what to train on (oracle, OHEM, Selective-Backprop: every chunk slot
+  it forwarded, as its selector's state records).
+
+Every method's breakdown has all these keys, zero where unused.
 
 ``sgd_same_stream`` is standard SGD training every streamed instance once, in full
 precision (for SMB, every instance of the full stream it is a budget of: the run it is
@@ -46,6 +51,15 @@ from edgefilter.training import runners
 from edgefilter.training import steps as steps_lib
 
 
+def main_batch(config: config_lib.TrainConfig) -> int:
+    """Instances per main-network step (every slot is computed, so counted)."""
+    if config.uses_eif:
+        return config.eif_batch_size
+    if config.method in ("random", "oracle", "ohem"):  # EIF's packing: round(r_set * m).
+        return max(1, round(config.filter.r_set * config.batch_size))
+    return config.batch_size  # SGD, EMP, and the packing baselines (batches of m).
+
+
 def run_compute(
     config: config_lib.TrainConfig,
     info: data_lib.DatasetInfo,
@@ -55,13 +69,14 @@ def run_compute(
     """The compute block for a finished (or resumed-and-finished) run's loop state.
 
     ``sgd_instances``: the stream SGD would train on, the reference (default: the
-    instances this run streamed; SMB streams a budget of it).
+    instances this run streamed; SMB streams a budget of it). Every method's breakdown
+    has the same keys, zero where a method does not do that work.
     """
     shape, classes, m = info.image_shape, info.num_classes, config.batch_size
     dense = flops.per_instance(config.model, shape, classes)  # SGD's network.
     # The run's network: with E2-Train's gates, their layers too (sd adds no layer).
     run = flops.per_instance(config.model, shape, classes, **steps_lib.model_options(config))
-    batch = config.eif_batch_size if config.uses_eif else m  # Instances per main step.
+    batch = main_batch(config)
     # SMD's skipped batches took an optimizer step (state.step) but computed nothing.
     main_steps = int(loop["state"].step) - int(loop.get("skipped_batches", 0))
     slots = main_steps * batch
@@ -85,6 +100,12 @@ def run_compute(
         "main_forward": slots * run["forward"] * scale,
         "main_backward": slots * backward * scale,
         "emp_selection": selection,
+        "filter_inference": 0.0,
+        "filter_training": 0.0,
+        "uncertainty_forward": 0.0,
+        # The main network's forward passes a baseline runs to select (oracle, OHEM,
+        # Selective-Backprop): the instances its selector recorded as forwarded.
+        "selection_forward": runners.selection_forwarded(loop) * dense["forward"] * scale,
     }
     if "skipped_blocks" in loop:  # Stochastic depth: bypassed blocks computed nothing.
         skipped = _skipped_block_macs(config.model, info, loop["skipped_blocks"], batch)

@@ -38,12 +38,16 @@ flags), and :func:`foreign_flags` reads it back:
 ==========================================  ======================================
 flags                                        methods
 ==========================================  ======================================
-``TrainConfig.filter`` (``--r_set``,         ``EIF_METHODS``: eif, eif_emp
-``--eif_*``, ``--alpha1`` ...),
-``--filter_*``, ``--eif_batch_size``,
+``TrainConfig.filter`` (``--r_set``,         eif, eif_emp, random, oracle, ohem
+``--eif_*``, ``--alpha1`` ...)               (``--r_set`` sizes their choice)
+``--filter_*``, ``--eif_batch_size``,        ``EIF_METHODS``: eif, eif_emp
 ``--eif_probe_size``, ``--eif_random_probes``
-``TrainConfig.emp`` (``--emp_*``,            ``EMP_METHODS``: emp, eif_emp
-``--gamma1``, ``--gamma2``)
+``TrainConfig.emp`` (``--emp_*``,            ``EMP_METHODS``: emp, eif_emp, and the
+``--gamma1``, ``--gamma2``)                  selection baselines (``--select_emp``)
+``--select_emp``                             the selection baselines
+``--sb_beta``, ``--sb_history``              selective_backprop(_stale)
+``--sb_staleness``                           selective_backprop_stale
+``--infobatch_*``                            infobatch
 ``--budget``                                 smb, smd
 ``--smd_skip``                               smd, e2train
 ``--sd_final_survival``                      sd
@@ -81,6 +85,8 @@ __all__ = [
     "EMP_POLICIES",
     "FLAGS",
     "METHODS",
+    "PACKING_BASELINES",
+    "SELECTION_BASELINES",
     "EmpConfig",
     "FilterConfig",
     "Flag",
@@ -98,9 +104,23 @@ __all__ = [
 # Schedule- and model-level baselines (issue 18): edgefilter.training.budget (smb, smd),
 # edgefilter.models.stochastic_depth (sd), and e2train (see TrainConfig.uses_smd).
 BUDGET_METHODS = ("smb", "smd", "sd", "e2train")
-METHODS = ("sgd", "emp", "eif", "eif_emp", *BUDGET_METHODS)
+# Data-selection baselines on the selection interface (issue #18; edgefilter.select).
+SELECTION_BASELINES = (
+    "random",
+    "oracle",
+    "ohem",
+    "selective_backprop",
+    "selective_backprop_stale",
+    "infobatch",
+)
+# Those whose kept count varies: packed into full batches at each block's end.
+PACKING_BASELINES = ("selective_backprop", "selective_backprop_stale", "infobatch")
+METHODS = ("sgd", "emp", "eif", "eif_emp", *SELECTION_BASELINES, *BUDGET_METHODS)
 EIF_METHODS = ("eif", "eif_emp")  # The methods with an instance filter.
-EMP_METHODS = ("emp", "eif_emp")  # The methods that prune error maps.
+# Flag ownership (foreign_flags): --r_set also sizes random, oracle and ohem's choice,
+# and --select_emp adds EMP (its flags) to any selection baseline.
+FILTER_FLAG_METHODS = (*EIF_METHODS, "random", "oracle", "ohem")
+EMP_METHODS = ("emp", "eif_emp", *SELECTION_BASELINES)
 EMP_POLICIES = ("topk", "threshold")
 BITS = (32, 16, 8, 6, 4)
 
@@ -199,7 +219,7 @@ class TrainConfig:
         None, "XLA:CPU lowerings: default on when jax.default_backend() is cpu."
     )
     emp: EmpConfig = setting(EmpConfig(), "EMP", methods=EMP_METHODS)
-    filter: FilterConfig = setting(FilterConfig(), "EIF", methods=EIF_METHODS)
+    filter: FilterConfig = setting(FilterConfig(), "EIF", methods=FILTER_FLAG_METHODS)
     filter_model: str | None = setting(
         None,
         "EIF: filter network (default: lenet_slim, resnet8 or resnet10 by dataset).",
@@ -256,10 +276,41 @@ class TrainConfig:
         "executing (E2-Train's code: 100, i.e. always).",
         methods=("e2train",),
     )
+    # Data-selection baselines (issue #18; edgefilter.select), the sources' defaults.
+    select_emp: bool = setting(
+        False,
+        "random/oracle/ohem/selective_backprop*/infobatch: with EMP (--emp_* settings).",
+        methods=SELECTION_BASELINES,
+    )
+    sb_beta: float = setting(
+        3.0,
+        "selective_backprop: keep probability CDF(loss)^beta (Jiang et al. 2019: 3).",
+        methods=("selective_backprop", "selective_backprop_stale"),
+    )
+    sb_history: int = setting(
+        1024,
+        "selective_backprop: recent losses the CDF is taken over (Jiang et al.: 1024).",
+        methods=("selective_backprop", "selective_backprop_stale"),
+    )
+    sb_staleness: int = setting(
+        3,
+        "selective_backprop_stale: epochs a forwarded loss is reused (Jiang et al.: 3).",
+        methods=("selective_backprop_stale",),
+    )
+    infobatch_prune: float = setting(
+        0.5,
+        "infobatch: fraction of the below-mean-loss instances pruned (Qin et al. 2024).",
+        methods=("infobatch",),
+    )
+    infobatch_delta: float = setting(
+        0.875,
+        "infobatch: prune in the first delta of the epochs, then train on everything.",
+        methods=("infobatch",),
+    )
 
     @property
     def uses_emp(self) -> bool:
-        return self.method in EMP_METHODS
+        return self.method in ("emp", "eif_emp") or self.select_emp
 
     @property
     def uses_eif(self) -> bool:
@@ -388,6 +439,7 @@ def validate(config: TrainConfig) -> None:
     _check_optimizer(config)
     _check_probes(config)
     _check_budget(config)
+    _check_baselines(config)
     _check_finite(config)
 
 
@@ -516,6 +568,29 @@ def _check_budget(config: TrainConfig) -> None:
         _fail("method", config.method, f"--model={config.model} has no residual blocks")
     if config.method == "e2train" and not models.has_slu_gates(config.model):
         _fail("method", config.method, f"--model={config.model} is not a CIFAR ResNet (SLU)")
+
+
+def _check_baselines(config: TrainConfig) -> None:
+    """The data-selection baselines' settings (issue #18; sources in edgefilter.select)."""
+    if config.select_emp and config.method not in SELECTION_BASELINES:
+        _fail(
+            "select_emp",
+            config.select_emp,
+            f"it adds EMP to a selection baseline only ({', '.join(SELECTION_BASELINES)}); "
+            "for SGD or EIF with EMP use --method=emp or --method=eif_emp",
+        )
+    if not (config.sb_beta > 0 and math.isfinite(config.sb_beta)):
+        _fail("sb_beta", config.sb_beta, "must be a positive number")
+    batch_size = config.batch_size or _PAPER[dataset_family(config.dataset)]["batch_size"]
+    if config.sb_history < batch_size:
+        _fail("sb_history", config.sb_history, f"must be at least the batch size, {batch_size}")
+    if config.sb_staleness < 1:
+        _fail("sb_staleness", config.sb_staleness, "must be a positive integer")
+    if not 0 <= config.infobatch_prune <= 0.9:
+        # InfoBatch keeps at least a tenth of the well-learned instances (its keep_ratio).
+        _fail("infobatch_prune", config.infobatch_prune, "must lie in [0, 0.9]")
+    if not 0 <= config.infobatch_delta <= 1:
+        _fail("infobatch_delta", config.infobatch_delta, "must lie in [0, 1]")
 
 
 # --- Flags: derived from the fields -----------------------------------------------------------

@@ -1,15 +1,27 @@
 """The stream engine: blocks of chunks trained on the device, one dispatch per block.
 
 Any :class:`~edgefilter.select.Selector` (the instance filter, uniform random, every
-instance for SGD and EMP) runs through the same per-chunk step, one iteration of a
-:func:`jax.lax.scan` over a block of chunks:
+instance for SGD and EMP, the data-selection baselines) runs through the same
+per-chunk step, one iteration of a :func:`jax.lax.scan` over a block of chunks:
 
 1. the chunk is normalised and ``selector.select`` chooses its training and probe slots
-   (fixed shapes: ``train_size`` and ``probe_size``);
+   (fixed shapes: ``train_size`` and ``probe_size``); a selector that ranks by the main
+   network's own loss (``chunk_forward``: oracle, OHEM, Selective-Backprop) gets a
+   function computing the main network's losses on the whole chunk (:func:`chunk_losses`,
+   before this chunk's update), one that keeps a per-instance history
+   (``needs_indices``) the chunk slots' training-set indices;
 2. the main network, before this chunk's update, runs forward on the probe slots (their
    losses label them, PAPER.md Eq. 1);
 3. the main network trains on the training slots, weighted by ``choice.train_weight``
-   (forward and backward, with EMP when its convolutions prune: Eq. 8-14), one step;
+   (forward and backward, with EMP when its convolutions prune: Eq. 8-14), one step.
+   A selector with ``pack_size`` (Selective-Backprop, InfoBatch) keeps a
+   data-dependent number instead: here its kept instances only join a queue in the
+   scan carry (:mod:`edgefilter.training.pack`); at the block's end the host reads the
+   queue's count and runs :func:`make_queue_step` once per full batch (one main step
+   each), and once after the run's last chunk for the partial batch left. No
+   ``lax.cond``: XLA:CPU runs a conditional's body several times slower than
+   straight-line code (``pack``'s module doc has the numbers). The price: a selection
+   forward within a block sees the parameters of the block's start;
 4. ``selector.observe`` receives both sets of per-instance losses (for EIF: labels by
    Eq. 1, the filter's update by Eq. 6-7, and ``R_TH``/``T_l`` every ``n`` chunks by
    Eq. 2-3, all inside the scan).
@@ -23,14 +35,18 @@ per run, ``block_chunks`` and 1, whatever the stream.
 
 A chunk's randomness comes from the run's key and the chunk's number (selection) and
 the main network's step number (augmentation, dropout), so a run's result does not
-depend on where its blocks begin and end: a run resumed from a checkpoint ends with the
-same parameters as an uninterrupted one.
+depend on where its blocks begin and end (Selective-Backprop's does: its selection
+forward sees the parameters of its block's start), and a run resumed from a checkpoint
+ends with the same parameters as an uninterrupted one (a checkpoint ends a block, in
+both).
 
 Not here: the paper's argmax rule keeps a data-dependent number of instances per chunk;
 packed into fixed batches that is a data-dependent number of main steps per chunk, a
 loop or a conditional inside the scan, whose body XLA:CPU runs several times slower
 than straight-line code (benchmarks/README.md, "Stream engine"). It keeps the host-queue
-runner (:mod:`edgefilter.training.eif_runner`), as does a non-default ``--eif_batch_size``.
+runner (:mod:`edgefilter.training.eif_runner`), as does a non-default ``--eif_batch_size``
+(the packing selectors' queue with steps at the block's end could carry them too, with
+the filter's decisions a block stale).
 """
 
 from __future__ import annotations
@@ -47,10 +63,19 @@ from flax import struct
 from edgefilter import backends
 from edgefilter import data as data_lib
 from edgefilter.models.state import TrainState
-from edgefilter.select.base import Selector, gather
+from edgefilter.select.base import Packed, Selector, gather
+from edgefilter.training import pack
 from edgefilter.training import steps as steps_lib
 
-__all__ = ["EngineState", "chunk_key", "make_block_step", "make_chunk_step", "probe_losses"]
+__all__ = [
+    "EngineState",
+    "chunk_key",
+    "chunk_losses",
+    "make_block_step",
+    "make_chunk_step",
+    "make_queue_step",
+    "probe_losses",
+]
 
 # Folded into the run's key for the selectors' randomness (distinct from the main step's).
 _SELECT_STREAM = 0x5E1EC7
@@ -62,10 +87,12 @@ def chunk_key(root: jax.Array, chunk: jax.Array) -> jax.Array:
 
 
 class EngineState(struct.PyTreeNode):
-    """What the scan carries from chunk to chunk: the main network and the selector."""
+    """What the scan carries from chunk to chunk: the main network, the selector, and
+    for a packing selector (``pack_size``) its queue of kept instances."""
 
     main: TrainState
     selector: Any
+    queue: pack.Queue | None = None
 
 
 def probe_losses(main: TrainState, x: jax.Array, labels: jax.Array) -> jax.Array:
@@ -75,13 +102,36 @@ def probe_losses(main: TrainState, x: jax.Array, labels: jax.Array) -> jax.Array
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
+def chunk_losses(
+    main: TrainState, x: jax.Array, labels: jax.Array, mode: str, key: jax.Array
+) -> jax.Array:
+    """Per-instance cross-entropy of the main network on ``x``, for a selector to rank by.
+
+    ``mode`` ``"inference"``: as :func:`probe_losses` (batch norm's running statistics).
+    ``"train"``: the network in training mode (batch norm normalises with ``x``'s own
+    statistics, dropout draws from ``key``); the batch statistics it computes are not
+    kept, so the forward changes no state.
+    """
+    if mode == "inference":
+        return probe_losses(main, x, labels)
+    if mode != "train":
+        raise ValueError(f"mode={mode!r} must be 'inference' or 'train'")
+    variables = {"params": main.params, "batch_stats": main.batch_stats}
+    logits, _ = main.apply_fn(
+        variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": key}
+    )
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
 def make_chunk_step(selector: Selector, info: data_lib.DatasetInfo) -> Callable:
-    """``chunk_step(state, images, labels, valid, chunk, root) -> (state, metrics)``.
+    """``chunk_step(state, images, labels, valid, chunk, root, indices=None)``.
 
     Steps 1-4 of the module doc for one chunk of ``m`` uint8 ``images`` (``[m, H, W,
     C]``), their ``labels`` and ``valid`` mask (False on the padding of a run's short
-    last chunk). ``chunk`` is the chunk's number in the stream and ``root`` the run's
-    key. Not jitted: :func:`make_block_step` scans it, a user's loop may jit it.
+    last chunk). ``chunk`` is the chunk's number in the stream, ``root`` the run's key
+    and ``indices`` (``[m]`` int32) the slots' training-set indices, needed only by a
+    selector with ``needs_indices``. Returns ``(state, metrics)``. Not jitted:
+    :func:`make_block_step` scans it, a user's loop may jit it.
     """
 
     def chunk_step(
@@ -91,21 +141,78 @@ def make_chunk_step(selector: Selector, info: data_lib.DatasetInfo) -> Callable:
         valid: jax.Array,
         chunk: jax.Array,
         root: jax.Array,
+        indices: jax.Array | None = None,
     ) -> tuple[EngineState, dict[str, jax.Array]]:
         x = steps_lib.preprocess(images, info, None)
-        choice, sel_state = selector.select(state.selector, x, chunk_key(root, chunk), valid)
+        key = chunk_key(root, chunk)
+        needs = {}
+        if selector.chunk_forward is not None:
+            forward_key = jax.random.fold_in(key, 1)  # Dropout, in training mode.
+            needs["forward"] = functools.partial(
+                chunk_losses, state.main, x, labels, selector.chunk_forward, forward_key
+            )
+        if selector.needs_indices:
+            if indices is None:
+                raise ValueError("this selector needs the chunk's training-set indices")
+            needs["indices"] = indices
+        choice, sel_state = selector.select(state.selector, x, key, valid, **needs)
         (train_images, train_labels), (probe_images, probe_labels) = gather(choice, images, labels)
         probed = jnp.zeros((0,), jnp.float32)
         if selector.probe_size:
             probe_x = steps_lib.preprocess(probe_images, info, None)
             probed = probe_losses(state.main, probe_x, probe_labels)
+        if selector.pack_size is not None:
+            return _packed_step(state, sel_state, images, labels, indices, choice)
         main, metrics, train_losses = steps_lib.train_step_body(
             state.main, train_images, train_labels, choice.train_weight, root, info
         )
         sel_state, sel_metrics = selector.observe(sel_state, x, choice, train_losses, probed)
         return EngineState(main=main, selector=sel_state), {**metrics, **sel_metrics}
 
+    def _packed_step(state, sel_state, images, labels, indices, choice):
+        """A packing selector's chunk: its kept instances join the queue; no step here."""
+        if indices is None:
+            indices = jnp.zeros(labels.shape, jnp.int32)
+        queue = pack.push(
+            state.queue, images, labels, indices, choice.train_idx, choice.train_weight
+        )
+        metrics = {"kept": jnp.sum(choice.train_weight > 0, dtype=jnp.int32)}
+        return state.replace(selector=sel_state, queue=queue), metrics
+
     return chunk_step
+
+
+def make_queue_step(
+    selector: Selector, info: data_lib.DatasetInfo, *, xla_cpu: bool | None = None
+) -> Callable:
+    """The jitted ``queue_step(state, root) -> (state, metrics)`` of a packing selector.
+
+    One main step on the first ``pack_size`` queued instances, weighted by their loss
+    weights; ``selector.observe`` gets the batch's losses and a :class:`Packed` naming
+    its instances; the batch leaves the queue. The caller (the runner, at a block's host
+    sync) calls it once for every full batch the queue holds, and once more after the
+    run's last chunk if anything is left, whose free rows are then zero-weight padding
+    (computed, so counted).
+    """
+    size = selector.pack_size
+
+    @functools.partial(backends.jit, xla_cpu=xla_cpu, donate_argnums=0)
+    def queue_step(state: EngineState, root: jax.Array) -> tuple[EngineState, dict[str, jax.Array]]:
+        queue = state.queue
+        weight = queue.weights[:size]  # Zero past the queue's count (pack.pop).
+        main, metrics, losses = steps_lib.train_step_body(
+            state.main, queue.images[:size], queue.labels[:size], weight, root, info
+        )
+        packed = Packed(indices=queue.indices[:size], weight=weight)
+        empty = jnp.zeros((0,), jnp.float32)
+        sel_state, sel_metrics = selector.observe(
+            state.selector, None, None, losses, empty, packed=packed
+        )
+        metrics = {**metrics, **sel_metrics, "trained": jnp.sum(weight > 0, dtype=jnp.int32)}
+        queue = pack.pop(queue, size, True)
+        return EngineState(main=main, selector=sel_state, queue=queue), metrics
+
+    return queue_step
 
 
 def make_block_step(
@@ -115,11 +222,12 @@ def make_block_step(
     xla_cpu: bool | None = None,
     unroll: bool | None = None,
 ) -> Callable:
-    """The jitted ``block_step(state, images, labels, valid, chunks, root)``.
+    """The jitted ``block_step(state, images, labels, valid, chunks, root, indices=None)``.
 
     Scans :func:`make_chunk_step` over a block of ``B`` chunks: ``images`` ``[B, m, H,
     W, C]`` uint8, ``labels`` ``[B, m]``, ``valid`` ``[B, m]``, ``chunks`` ``[B]`` the
-    chunks' stream numbers. Returns the state after the block and each chunk's metrics
+    chunks' stream numbers, ``indices`` ``[B, m]`` the training-set indices (for a
+    selector with ``needs_indices``). Returns the state after the block and each chunk's metrics
     stacked along ``[B]``. The state's buffers are donated; each block length ``B``
     compiles once.
 
@@ -131,12 +239,13 @@ def make_block_step(
     unroll_all = backends.use_xla_cpu(xla_cpu) if unroll is None else unroll
 
     @functools.partial(backends.jit, xla_cpu=xla_cpu, donate_argnums=0)
-    def block_step(state, images, labels, valid, chunks, root):
+    def block_step(state, images, labels, valid, chunks, root, indices=None):
         def body(carry, slot):
-            images, labels, valid, chunk = slot
-            return chunk_step(carry, images, labels, valid, chunk, root)
+            images, labels, valid, chunk, indices = slot
+            return chunk_step(carry, images, labels, valid, chunk, root, indices)
 
         unroll = len(chunks) if unroll_all else 1
-        return jax.lax.scan(body, state, (images, labels, valid, chunks), unroll=unroll)
+        slots = (images, labels, valid, chunks, indices)
+        return jax.lax.scan(body, state, slots, unroll=unroll)
 
     return block_step

@@ -74,10 +74,13 @@ def check_resumable(config: config_lib.TrainConfig, workdir: str) -> None:
     with open(path) as f:
         previous = json.load(f)
     current = json.loads(json.dumps(config_lib.as_flags(config)))
+    resumable = _RESUMABLE_CHANGES
+    if config.method in config_lib.PACKING_BASELINES:  # Their queue's size and SB's
+        resumable = resumable - {"block_chunks"}  # values depend on it (runners).
     changed = sorted(
         k
         for k in set(previous) | set(current)
-        if k not in _RESUMABLE_CHANGES and previous.get(k) != current.get(k)
+        if k not in resumable and previous.get(k) != current.get(k)
     )
     if changed:
         diffs = ", ".join(f"--{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed)

@@ -3,8 +3,12 @@
 * :class:`EngineRunner`: every method whose selection fits the selection interface
   (:mod:`edgefilter.select`) with one main step per chunk: ``sgd`` and ``emp`` (every
   instance), ``eif`` and ``eif_emp`` under quantile control with the default main batch
-  (``round(r_set * m)`` instances per chunk). A block of chunks is one dispatch of the
-  stream engine (:mod:`edgefilter.training.engine`) and one host sync.
+  (``round(r_set * m)`` instances per chunk), and the data-selection baselines
+  (``random``: a uniform ``round(r_set * m)`` of each chunk; ``oracle`` and ``ohem``:
+  its highest-loss ``round(r_set * m)`` by the main network's forward;
+  ``selective_backprop`` and ``infobatch``: a random count per chunk, packed into full
+  batches on the device). A block of chunks is one
+  dispatch of the stream engine (:mod:`edgefilter.training.engine`) and one host sync.
 * :class:`~edgefilter.training.eif_runner.EifRunner`: the filter's selection packed
   through host-side queues, chunk by chunk, for what the interface's fixed shapes do not
   cover yet: the paper's argmax rule (a data-dependent count per chunk) and a main batch
@@ -29,7 +33,7 @@ import numpy as np
 
 from edgefilter import backends, models, select
 from edgefilter import data as data_lib
-from edgefilter.training import budget, eif_runner
+from edgefilter.training import budget, eif_runner, pack
 from edgefilter.training import config as config_lib
 from edgefilter.training import engine as engine_lib
 from edgefilter.training import steps as steps_lib
@@ -37,12 +41,40 @@ from edgefilter.training import steps as steps_lib
 Record = tuple[int, str, dict[str, Any]]
 
 
-def engine_selector(config: config_lib.TrainConfig, filter_model: Any) -> select.Selector | None:
+def engine_selector(
+    config: config_lib.TrainConfig, filter_model: Any, *, num_train: int = 0, length: int = 0
+) -> select.Selector | None:
     """The run's selector, or None when the method needs the host-queue runner.
 
-    ``config`` must be resolved; ``filter_model`` is used by the EIF methods only.
+    ``config`` must be resolved; ``filter_model`` is used by the EIF methods only;
+    ``num_train`` (the training set's size) and ``length`` (instances streamed) by
+    Selective-Backprop and InfoBatch, which work in epochs.
     """
     m = config.batch_size
+    if config.method == "infobatch":
+        return select.infobatch(
+            config.infobatch_prune,
+            config.infobatch_delta,
+            chunk_size=m,
+            num_train=num_train,
+            epochs=length / num_train,
+        )
+    if config.method in ("selective_backprop", "selective_backprop_stale"):
+        stale = config.method == "selective_backprop_stale"
+        return select.selective_backprop(
+            config.sb_beta,
+            config.sb_history,
+            chunk_size=m,
+            prime=num_train,  # The source primes with the first epoch.
+            staleness=config.sb_staleness if stale else None,
+            num_train=num_train,
+        )
+    if config.method == "random":
+        return select.uniform(config.filter.r_set, chunk_size=m)
+    if config.method == "oracle":
+        return select.oracle(config.filter.r_set, chunk_size=m)
+    if config.method == "ohem":
+        return select.ohem(config.filter.r_set, chunk_size=m)
     if not config.uses_eif:
         return select.everything(chunk_size=m)
     one_step_per_chunk = config.eif_batch_size == max(1, round(config.filter.r_set * m))
@@ -72,22 +104,34 @@ class EngineRunner:
         self.config, self.info, self.selector = config, info, selector
         self.dataset, self.root = dataset, root
         self.block_step = engine_lib.make_block_step(selector, info, xla_cpu=config.xla_cpu)
+        self.queue_step = None
+        if selector.pack_size is not None:
+            self.queue_step = engine_lib.make_queue_step(selector, info, xla_cpu=config.xla_cpu)
 
     def initial(self) -> dict[str, Any]:
-        """The runner's part of a fresh loop state: the selector's state."""
-        example = np.zeros((self.config.batch_size, *self.info.image_shape), np.float32)
+        """The runner's part of a fresh loop state: the selector's state (and the queue
+        of a packing selector: :mod:`edgefilter.training.pack`)."""
+        m, shape = self.config.batch_size, self.info.image_shape
+        example = np.zeros((m, *shape), np.float32)
         key = jax.random.fold_in(self.root, 2**31 - 1)
-        return {"selector": self.selector.init(key, example)}
+        out = {"selector": self.selector.init(key, example)}
+        if self.selector.pack_size is not None:
+            size, chunks = self.selector.pack_size, self.config.block_chunks
+            out["queue"] = pack.empty(size, m, shape, chunks)
+        return out
 
     def run_block(
         self, loop: dict[str, Any], chunks: list[tuple[np.ndarray, np.ndarray, int]]
     ) -> tuple[dict[str, Any], list[Record]]:
         """The chunks through the stream engine: one dispatch for a full block, else one
-        per chunk; one host sync either way."""
+        per chunk; one host sync either way (a packing selector adds one per dispatch,
+        to read its queue's count, and one dispatch per full batch)."""
         m, shape = self.config.batch_size, self.info.image_shape
         full = len(chunks) == self.config.block_chunks
         groups = [chunks] if full else [[c] for c in chunks]
-        state = engine_lib.EngineState(main=loop["state"], selector=loop["selector"])
+        state = engine_lib.EngineState(
+            main=loop["state"], selector=loop["selector"], queue=loop.get("queue")
+        )
         outputs = []
         for group in groups:
             indices = np.stack([idx for idx, _, _ in group]).reshape(-1)
@@ -95,7 +139,12 @@ class EngineRunner:
             numbers = np.asarray([c for _, _, c in group], np.int32)
             images = self.dataset.train_images[indices].reshape(len(group), m, *shape)
             labels = self.dataset.train_labels[indices].reshape(len(group), m)
-            state, metrics = self.block_step(state, images, labels, valid, numbers, self.root)
+            slot_indices = indices.reshape(len(group), m).astype(np.int32)
+            state, metrics = self.block_step(
+                state, images, labels, valid, numbers, self.root, slot_indices
+            )
+            if self.queue_step is not None:
+                state, metrics = self._train_full_batches(state, metrics)
             outputs.append(metrics)
         fetched = jax.device_get(outputs)  # The block's one host sync.
         metrics = {k: np.concatenate([o[k] for o in fetched]) for k in fetched[0]}
@@ -105,23 +154,76 @@ class EngineRunner:
             selector=state.selector,
             trained=np.asarray(loop["trained"] + int(np.sum(metrics["trained"])), np.int64),
         )
+        if state.queue is not None:
+            loop["queue"] = state.queue
         return loop, _records(metrics, [c for _, _, c in chunks])
 
+    def _train_full_batches(
+        self, state: engine_lib.EngineState, metrics: dict[str, jax.Array]
+    ) -> tuple[engine_lib.EngineState, dict[str, Any]]:
+        """A packing selector's main steps after a block: one per full queued batch.
+
+        Reads the queue's count (a host sync) and dispatches that many steps. The
+        block's per-chunk metrics get what they trained at the block's last chunk:
+        ``trained`` (0 before it), and the steps' mean ``loss`` and ``accuracy`` with
+        ``stepped`` set where any step ran.
+        """
+        steps = int(state.queue.count) // self.selector.pack_size
+        done = []
+        for _ in range(steps):
+            state, step_metrics = self.queue_step(state, self.root)
+            done.append(step_metrics)
+        done = jax.device_get(done)
+        chunks = len(metrics["kept"])
+        last = np.arange(chunks) == chunks - 1
+        trained = sum(int(d["trained"]) for d in done)
+        metrics = dict(
+            metrics,
+            trained=np.where(last, trained, 0),
+            stepped=last & bool(steps),
+            queued=np.full(chunks, int(state.queue.count)),
+        )
+        for key in ("loss", "accuracy"):
+            mean = float(np.mean([d[key] for d in done])) if done else 0.0
+            metrics[key] = np.where(last, mean, 0.0)
+        return state, metrics
+
     def finish(self, loop: dict[str, Any], chunk: int) -> tuple[dict[str, Any], list[Record]]:
-        del chunk
-        return loop, []  # Nothing is queued across chunks.
+        """Trains a packing selector's last, partial batch (else nothing is queued)."""
+        if self.queue_step is None or int(loop["queue"].count) == 0:
+            return loop, []
+        state = engine_lib.EngineState(
+            main=loop["state"], selector=loop["selector"], queue=loop["queue"]
+        )
+        state, metrics = self.queue_step(state, self.root)
+        metrics = jax.device_get(metrics)
+        trained = np.asarray(loop["trained"] + int(metrics["trained"]), np.int64)
+        loop = dict(
+            loop, state=state.main, selector=state.selector, queue=state.queue, trained=trained
+        )
+        return loop, [(chunk, "train", metrics)]
 
     def compilations(self) -> dict[str, int]:
-        return {"block": self.block_step._cache_size()}  # Lengths block_chunks and 1.
+        out = {"block": self.block_step._cache_size()}  # Lengths block_chunks and 1.
+        if self.queue_step is not None:
+            out["queue_step"] = self.queue_step._cache_size()
+        return out
 
 
 def _records(metrics: dict[str, np.ndarray], chunks: list[int]) -> list[Record]:
-    """Per chunk, a "train" record, and a "window" record where a filter window closed."""
+    """Per chunk, a "train" record, and a "window" record where a filter window closed.
+
+    A packing selector's chunk that took no main step has no loss or accuracy in its
+    record (it trained nothing)."""
     window_keys = [k for k in metrics if k.startswith("window/")]
-    train_keys = [k for k in metrics if k not in window_keys and k != "window_closed"]
+    hidden = {"window_closed", "stepped"}
+    train_keys = [k for k in metrics if k not in window_keys and k not in hidden]
     records: list[Record] = []
     for i, chunk in enumerate(chunks):
-        records.append((chunk, "train", {k: metrics[k][i] for k in train_keys}))
+        keys = train_keys
+        if "stepped" in metrics and not metrics["stepped"][i]:  # A packing selector's
+            keys = [k for k in keys if k not in ("loss", "accuracy")]  # chunk, no step.
+        records.append((chunk, "train", {k: metrics[k][i] for k in keys}))
         if "window_closed" in metrics and metrics["window_closed"][i]:
             window = {k.removeprefix("window/"): metrics[k][i] for k in window_keys}
             records.append((chunk, "window", window))
@@ -265,10 +367,14 @@ def build_runner(
         filter_model = steps_lib.build_model(
             config.filter_model, 2, config.bits, xla_cpu=config.xla_cpu
         )
-    selector = engine_selector(config, filter_model)
+    num_train = len(dataset.train_labels)
+    selector = engine_selector(config, filter_model, num_train=num_train, length=length)
     chunks = -(-length // config.batch_size)
     if selector is not None:
-        main_steps = chunks  # One main step per chunk.
+        # One main step per chunk. A packing selector (Selective-Backprop, InfoBatch)
+        # takes fewer, a number not known in advance: its schedule's boundaries are
+        # placed as for one step a chunk (the paper's MNIST schedule has none).
+        main_steps = chunks
     else:  # Packed: about r_set of the stream, in steps of eif_batch_size.
         main_steps = -(-int(length * config.filter.r_set) // config.eif_batch_size)
     tx = steps_lib.make_optimizer(config, main_steps)
@@ -288,6 +394,15 @@ def filter_state(loop: dict[str, Any]) -> Any:
     if "selector" in loop:
         return getattr(loop["selector"], "filter", None)
     return loop.get("filter")
+
+
+def selection_forwarded(loop: dict[str, Any]) -> int:
+    """Chunk slots the main network ran forward on to select (0 for most methods).
+
+    Selectors that run such a forward (``select.top_loss``, ``select.selective_backprop``)
+    count its slots in their state's ``forwarded``.
+    """
+    return int(getattr(loop.get("selector"), "forwarded", 0))
 
 
 def skipped_probes(loop: dict[str, Any]) -> int:

@@ -61,15 +61,19 @@ def make_optimizer(
 def weighted_cross_entropy(
     logits: jax.Array, labels: jax.Array, weights: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """Mean cross-entropy over instances with weight 1; also returns per-instance losses.
+    """Weighted mean cross-entropy; also returns the (unweighted) per-instance losses.
 
-    Weights are 1 for real instances and 0 for the repeats that fill a run's last,
-    partial batch (see ``stream_batch``), so those repeats contribute nothing.
+    ``sum(weights * losses) / #(weights > 0)``: weights are 1 for real instances and 0
+    for the repeats that fill a run's last, partial batch (see ``stream_batch``), so those
+    repeats contribute nothing and the loss is the mean over the real instances. A weight
+    other than 1 rescales that instance's loss, as InfoBatch's ``1 / (1 - prune)`` does
+    (Qin et al. 2024, Eq. 3: the sum over the batch divided by the batch size).
     """
     per_instance = optax.softmax_cross_entropy_with_integer_labels(
         logits.astype(jnp.float32), labels
     )
-    return jnp.sum(per_instance * weights) / jnp.maximum(jnp.sum(weights), 1.0), per_instance
+    real = jnp.maximum(jnp.sum(weights > 0), 1).astype(jnp.float32)
+    return jnp.sum(per_instance * weights) / real, per_instance
 
 
 def preprocess(images: jax.Array, info: data_lib.DatasetInfo, key: jax.Array | None) -> jax.Array:
@@ -125,7 +129,7 @@ def train_step_body(
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     metrics = {
         "loss": loss,
-        "accuracy": jnp.sum(correct * weights) / jnp.maximum(jnp.sum(weights), 1.0),
+        "accuracy": jnp.sum(correct * (weights > 0)) / jnp.maximum(jnp.sum(weights > 0), 1),
     }
     if stochastic_depth.COLLECTION in updates:  # Per residual block: bypassed in this step.
         metrics["sd_skipped"] = stochastic_depth.skipped(updates[stochastic_depth.COLLECTION])
