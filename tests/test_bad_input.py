@@ -57,7 +57,7 @@ _BY_KIND = {
 _RANGES = {
     "model": ["resnet9", "vgg16"],  # vgg16 pools the 28x28 images to 0x0.
     "dataset": ["svhn", "idx:/no/such/folder"],
-    "method": ["ohem"],
+    "method": ["no_such_method"],
     "bits": ["7", "0"],
     "epochs": ["0", "-1", "1e-9"],  # 1e-9 epochs of 320 images: no instance at all.
     "steps": ["0", "-3"],
