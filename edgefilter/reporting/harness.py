@@ -46,6 +46,12 @@ BUDGET_FLAG: dict[str, str | None] = {
     "eif_argmax_static": "r_set",
     "eif_argmax_unweighted": "r_set",
     "eif_no_uncertainty": "r_set",
+    "random": "r_set",  # round(r_set * m) of each chunk, like the filter.
+    "oracle": "r_set",
+    "ohem": "r_set",
+    "selective_backprop": None,  # Its kept fraction follows --sb_beta (~1 / (1 + beta)).
+    "selective_backprop_stale": None,
+    "infobatch": None,  # Its saving follows --infobatch_prune and the losses.
     "smb": "budget",  # A fraction of SGD's iterations (training.budget).
     "smd": "budget",  # Each mini-batch kept with probability budget.
     "sd": None,  # Its saving is set by --sd_final_survival, not a budget.
