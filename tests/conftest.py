@@ -42,6 +42,8 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="edgefilter-tests-xla-")
         os.environ.update(_CACHE_SETTINGS)
         setattr(config, _CACHE_OWNER, os.environ[_CACHE_ENV])
+    if _CACHE_ENV not in os.environ:  # A worker whose controller did not load this file.
+        return
     jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
