@@ -9,11 +9,8 @@ from edgefilter.models import state
 
 
 def test_create_train_state_has_strong_types_and_batch_stats():
-    # The models and shapes of tests/test_train.py: model.init runs op by op, and the ops
-    # compiled for one test serve the other (in one process, or through the session's
-    # compilation cache).
     s = state.create_train_state(
-        models.create("resnet8", 10), optax.sgd(0.1, momentum=0.9), jax.random.key(0), (28, 28, 1)
+        models.create("resnet8", 2), optax.sgd(0.1, momentum=0.9), jax.random.key(0), (32, 32, 3)
     )
     assert s.step.dtype == jnp.int32 and not s.step.weak_type
     assert all(not x.weak_type for x in jax.tree.leaves(s.opt_state))
