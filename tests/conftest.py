@@ -1,9 +1,12 @@
 """Shared fixtures and helpers: a tiny learnable dataset, in memory and as a folder of IDX
-files; model variables drawn with NumPy; a jit that compiles quickly for value checks."""
+files; model variables drawn with NumPy; a jit that compiles quickly for value checks; one
+persistent XLA compilation cache per test session."""
 
 import functools
 import gzip
 import os
+import shutil
+import tempfile
 
 import jax
 import numpy as np
@@ -11,6 +14,45 @@ import pytest
 
 from edgefilter import data as data_lib
 from edgefilter.backends.xla_cpu import compile as compile_lib
+
+# The session's compilation cache: a fresh folder per run (a run never reads an earlier
+# run's executables), shared by the xdist workers and the commands the tests start.
+_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_CACHE_SETTINGS = {
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+}
+_CACHE_OWNER = "_edgefilter_test_cache_owner"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Points JAX's persistent compilation cache at one temporary folder per session.
+
+    Most of the suite's time is XLA compilation, and many tests compile the same
+    computation (the same step of the same small model on the same shapes) through
+    different ``jax.jit`` objects, in different xdist workers, or in a ``python -m``
+    command and again in the test's own process. The cache key is the computation with
+    its debug information stripped, the compile options and the backend, so a hit runs
+    the executable XLA compiled for exactly that computation: values, compiled code and
+    its cost analysis are those of a fresh compilation. The controller (or a run without
+    xdist) makes the folder and removes it at the end; workers and subprocesses inherit
+    it through the environment (jax reads ``JAX_COMPILATION_CACHE_DIR`` at import).
+    """
+    if not hasattr(config, "workerinput"):  # The controller, or a run without xdist.
+        os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="edgefilter-tests-xla-")
+        os.environ.update(_CACHE_SETTINGS)
+        setattr(config, _CACHE_OWNER, os.environ[_CACHE_ENV])
+    if _CACHE_ENV not in os.environ:  # A worker whose controller did not load this file.
+        return
+    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = getattr(config, _CACHE_OWNER, None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def learnable_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ from edgefilter.method import instance_filter
 from edgefilter.training import config as config_lib
 from edgefilter.training import engine, loop, runners
 from edgefilter.training import steps as steps_lib
+from tests.conftest import quick_jit
 
 M, BLOCK = 16, 2
 
@@ -57,8 +58,14 @@ def _block(dataset, first_chunk, valid_last=M):
 
 def _python_loop(selector, info, state, images, labels, valid, chunks, root):
     """The interface's contract, chunk by chunk, as a user's loop would call it."""
-    select_fn, observe_fn = jax.jit(selector.select), jax.jit(selector.observe)
-    train_fn = jax.jit(functools.partial(steps_lib.train_step_body, info=info))
+    # quick_jit: the loop's values, not its compiled code, are compared with the block.
+    select_fn, observe_fn = quick_jit(selector.select), quick_jit(selector.observe)
+    train_fn = quick_jit(functools.partial(steps_lib.train_step_body, info=info))
+    probe_fn = quick_jit(
+        lambda main, x: main.apply_fn(
+            {"params": main.params, "batch_stats": main.batch_stats}, x, train=False
+        )
+    )
     trained = []
     for b in range(len(chunks)):
         x = steps_lib.preprocess(images[b], info, None)
@@ -67,9 +74,7 @@ def _python_loop(selector, info, state, images, labels, valid, chunks, root):
         train_idx, probe_idx = np.asarray(choice.train_idx), np.asarray(choice.probe_idx)
         main, probe_losses = state.main, jnp.zeros((0,))
         if len(probe_idx):
-            variables = {"params": main.params, "batch_stats": main.batch_stats}
-            probe_x = steps_lib.preprocess(images[b][probe_idx], info, None)
-            logits = main.apply_fn(variables, probe_x, train=False)
+            logits = probe_fn(main, steps_lib.preprocess(images[b][probe_idx], info, None))
             probe_losses = optax.softmax_cross_entropy_with_integer_labels(
                 logits, labels[b][probe_idx]
             )

@@ -166,7 +166,7 @@ def test_the_readme_user_loop_adopts_eif_and_emp_and_t_l_tracks():
     params, opt_state, sel_state = (namespace[k] for k in ("params", "opt_state", "sel_state"))
     images, labels = learnable_images(640, 0)
     images = images.astype(np.float32) / 255.0
-    chunks, thresholds, kept, trained = 300, [], [], 0
+    chunks, thresholds, kept, trained = 100, [], [], 0
     rng = np.random.default_rng(0)
     for i in range(chunks):
         idx = rng.choice(len(images), m, replace=False)
