@@ -260,7 +260,7 @@ def test_every_harness_name_with_a_budget_is_a_valid_config():
 @pytest.mark.parametrize(
     "methods, budgets, seeds, message",
     [
-        (["sgd", "ohem"], [0.3], [0], r"--methods: unknown \['ohem'\]"),
+        (["sgd", "no_such_method"], [0.3], [0], r"--methods: unknown \['no_such_method'\]"),
         ([], [0.3], [0], "--methods is empty"),
         (["eif", "eif"], [0.3], [0], "--methods: eif given more than once"),
         (["eif"], [], [0], "--budgets is empty"),
@@ -342,7 +342,7 @@ def baselines_main():
 @pytest.mark.parametrize(
     "argument, message",
     [
-        ("--methods=sgd,ohem", "--methods: unknown ['ohem']"),
+        ("--methods=sgd,no_such_method", "--methods: unknown ['no_such_method']"),
         ("--budgets=0.3,1.2", "--budgets: 1.2 is invalid"),
         ("--budgets=0.3,x", "--budgets='0.3,x' is invalid"),
         ("--seeds=0,0", "--seeds: 0 given more than once"),
