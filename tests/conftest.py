@@ -11,6 +11,7 @@ import tempfile
 import jax
 import numpy as np
 import pytest
+from absl import flags, logging
 
 from edgefilter import data as data_lib
 from edgefilter.backends.xla_cpu import compile as compile_lib
@@ -139,3 +140,13 @@ def quick_jit(fun=None, **kwargs):
     if fun is None:
         return functools.partial(quick_jit, **kwargs)
     return jax.jit(fun, compiler_options=_quick_compile_options(), **kwargs)
+
+
+@pytest.fixture
+def fresh_flags():
+    """Parses from the flags' defaults and leaves them so (absl's FLAGS are global)."""
+    verbosity = logging.get_verbosity()
+    flags.FLAGS.unparse_flags()
+    yield
+    flags.FLAGS.unparse_flags()
+    logging.set_verbosity(verbosity)

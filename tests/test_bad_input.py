@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 import pytest
-from absl import flags, logging
+from absl import flags
 
 from edgefilter import data as data_lib
 from edgefilter.training import config as config_lib
@@ -20,16 +20,6 @@ from edgefilter.training import eif_runner, loop, preflight
 from edgefilter.training import stream as stream_lib
 from experiments import cli, compare, train
 from tests.conftest import learnable_images, write_idx
-
-
-@pytest.fixture
-def fresh_flags():
-    """Parses from the flags' defaults and leaves them so (absl's FLAGS are global)."""
-    verbosity = logging.get_verbosity()
-    flags.FLAGS.unparse_flags()
-    yield
-    flags.FLAGS.unparse_flags()
-    logging.set_verbosity(verbosity)
 
 
 def _refused(capsys, main, argv, workdir):

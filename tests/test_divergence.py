@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from absl import flags, logging
 
 from edgefilter.training import divergence
 from experiments import cli, train
@@ -49,15 +48,6 @@ def test_json_safe_maps_nonfinite_floats_to_null_and_keeps_the_rest():
         "c": [2, "x", None],
         "d": True,
     }
-
-
-@pytest.fixture
-def fresh_flags():
-    verbosity = logging.get_verbosity()
-    flags.FLAGS.unparse_flags()
-    yield
-    flags.FLAGS.unparse_flags()
-    logging.set_verbosity(verbosity)
 
 
 def test_a_diverging_run_stops_at_once_with_exit_3_and_keeps_the_last_finite_checkpoint(

@@ -18,7 +18,7 @@ import time
 import chex
 import orbax.checkpoint as ocp
 import pytest
-from absl import flags, logging
+from absl import flags
 
 from edgefilter.training import runners
 from experiments import cli, train
@@ -47,16 +47,6 @@ def test_a_bad_flag_exits_2_with_one_clear_line_and_writes_nothing(tmp_path):
     assert len(lines) == 1 and "--batch_size" in lines[0], err
     assert "Traceback" not in err
     assert not workdir.exists()
-
-
-@pytest.fixture
-def fresh_flags():
-    """Parses from the flags' defaults and leaves them so (absl's FLAGS are global)."""
-    verbosity = logging.get_verbosity()
-    flags.FLAGS.unparse_flags()
-    yield
-    flags.FLAGS.unparse_flags()
-    logging.set_verbosity(verbosity)
 
 
 @pytest.mark.parametrize(
