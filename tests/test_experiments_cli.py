@@ -142,7 +142,7 @@ def test_checked_flags_take_valid_values(tmp_path):
         ("benchmarks.methods", "--repeats=0"),
         ("benchmarks.lenet_throughput", "--threads=-1"),
         ("experiments.compare", "--workdir=/nonexistent/never --bits=7"),
-        ("experiments.baselines", "--workdir=/nonexistent/never --methods=sgd,ohem"),
+        ("experiments.baselines", "--workdir=/nonexistent/never --methods=sgd,no_such_method"),
     ],
 )
 def test_commands_exit_2_on_a_bad_flag(run_command, module, flag):
