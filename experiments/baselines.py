@@ -19,14 +19,12 @@ or parameters become non-finite stops the harness with exit status 3.
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags, logging
 
 from edgefilter import data as data_lib
 from edgefilter.reporting import harness
-from edgefilter.training import checkpoint, divergence, preflight
 from edgefilter.training import config as config_lib
+from edgefilter.training import preflight
 from experiments import cli
 from experiments import train as train_cli
 
@@ -86,17 +84,11 @@ def main(argv: list[str]) -> None:
     except (ValueError, data_lib.DataUnavailableError) as e:
         cli.fail(str(e))
     cli.warn_foreign_flags([job.config.method for job in jobs])
-    try:  # A diverged run stops the harness (exit 3); a rerun resumes the others.
+    # A diverged run stops the harness (exit 3); a rerun resumes the others.
+    with cli.training_exits():
         runs = harness.run(
             jobs, dataset, log=lambda line: print(line, flush=True), show_progress=FLAGS.progress
         )
-    except divergence.Diverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
-    except checkpoint.NoGoodCheckpoint as e:  # Every checkpoint of a run's folder is damaged.
-        cli.fail(str(e))
-    except OSError as e:
-        train_cli.fail_io(e)
     title = harness.title_of(base, seeds)
     config = config_lib.as_flags(base)
     print(harness.report(runs, FLAGS.workdir, title, config, FLAGS.target_accuracy))

@@ -15,10 +15,12 @@ The benchmarks' own flags are checked as they are parsed (:func:`check_flag`, wi
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 # TensorFlow (tfds's reader) logs its start-up at INFO/WARNING from C++; a one-line error
@@ -27,8 +29,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
+from edgefilter.training import (  # noqa: E402
+    checkpoint,
+    divergence,
+    preflight,  # noqa: E402
+)
 from edgefilter.training import config as config_lib  # noqa: E402
-from edgefilter.training import preflight  # noqa: E402
 
 _DEFINE = {
     str: flags.DEFINE_string,
@@ -136,3 +142,22 @@ def writable_folder(path: str) -> bool:
     """Whether ``path`` is, or can be made, a writable folder."""
     preflight.check_workdir(path)
     return True
+
+
+@contextlib.contextmanager
+def training_exits() -> Iterator[None]:
+    """Ends a command whose training fails in a way the user must see, in one line:
+    a run that diverged (exit status 3), a workdir none of whose checkpoints restores
+    (2), a path that could not be written, e.g. a full disk (1)."""
+    try:
+        yield
+    except divergence.Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    except checkpoint.NoGoodCheckpoint as e:  # Every checkpoint of the workdir is damaged.
+        fail(str(e))
+    except OSError as e:
+        where = e.filename or "the workdir"
+        reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)
+        print(f"error: cannot write {where}: {reason}", file=sys.stderr)
+        sys.exit(1)

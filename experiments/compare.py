@@ -15,14 +15,13 @@ when a variant diverges.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags, logging
 
 from edgefilter import data as data_lib
 from edgefilter.reporting import comparison
-from edgefilter.training import checkpoint, divergence, loop, preflight
 from edgefilter.training import config as config_lib
+from edgefilter.training import loop, preflight
 from experiments import cli
 from experiments import train as train_cli
 
@@ -61,17 +60,10 @@ def main(argv: list[str]) -> None:
         cli.fail(str(e))
     cli.warn_foreign_flags([config.method for config in configs])
     os.makedirs(FLAGS.workdir, exist_ok=True)
-    try:
+    with cli.training_exits():
         comparison.compare(
             base, FLAGS.variants, FLAGS.workdir, dataset, show_progress=FLAGS.progress
         )
-    except divergence.Diverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
-    except checkpoint.NoGoodCheckpoint as e:  # Every checkpoint of the workdir is damaged.
-        cli.fail(str(e))
-    except OSError as e:
-        train_cli.fail_io(e)
     with open(os.path.join(FLAGS.workdir, "comparison.md")) as f:
         print(f.read())
 

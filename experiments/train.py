@@ -16,15 +16,12 @@ full disk) ends with one line naming the path and exit status 1.
 
 from __future__ import annotations
 
-import errno
-import sys
-from typing import NoReturn
-
 from absl import app, flags, logging
 
 from edgefilter import data as data_lib
-from edgefilter.training import checkpoint, divergence, loop, preflight
 from edgefilter.training import config as config_lib
+from edgefilter.training import loop, preflight
+from experiments import cli
 from experiments.cli import (
     config_from_flags,
     define_config_flags,
@@ -55,31 +52,16 @@ def main(argv: list[str]) -> None:
     except (ValueError, data_lib.DataUnavailableError) as e:
         fail(str(e))
     warn_foreign_flags([config.method])
-    try:
+    with cli.training_exits():
         summary = loop.train_and_evaluate(
             config, FLAGS.workdir, dataset=dataset, show_progress=FLAGS.progress
         )
-    except divergence.Diverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
-    except checkpoint.NoGoodCheckpoint as e:  # Every checkpoint of the workdir is damaged.
-        fail(str(e))
-    except OSError as e:
-        fail_io(e)
     print(
         f"{config.method} {config.model} on {config.dataset}: test accuracy "
         f"{summary['test_accuracy']:.4f}, {summary['instances_trained']} of "
         f"{summary['instances_streamed']} instances trained, "
         f"{summary['wall_time_s']:.1f} s -> {FLAGS.workdir}/summary.json"
     )
-
-
-def fail_io(error: OSError) -> NoReturn:
-    """One line naming the path that could not be written (a full disk), exit status 1."""
-    where = error.filename or "the workdir"
-    reason = "the disk is full" if error.errno == errno.ENOSPC else error.strerror or str(error)
-    print(f"error: cannot write {where}: {reason}", file=sys.stderr)
-    sys.exit(1)
 
 
 if __name__ == "__main__":
