@@ -56,6 +56,13 @@ flags.DEFINE_integer(
     "Runs of the whole sequence of variants; the tables give median times.",
     lower_bound=1,
 )
+STREAMS = ("lenet_fashion_mnist", "resnet20_cifar_shaped")
+flags.DEFINE_list(
+    "streams",
+    list(STREAMS),
+    "Which tables to run: LeNet on Fashion-MNIST and/or ResNet-20 on a CIFAR-shaped "
+    "stream (the ResNet-only baselines sd and e2train need resnet20_cifar_shaped alone).",
+)
 flags.DEFINE_bool("torch", True, "Also time PyTorch CPU eager LeNet SGD (needs torch).")
 cli.check_flag("lenet_epochs", cli.finite_in(0.0, math.inf), "a finite number of epochs > 0")
 cli.check_flag(
@@ -63,6 +70,7 @@ cli.check_flag(
     cli.distinct_choices(tuple(comparison.VARIANTS)),
     ", ".join(comparison.VARIANTS) + ", once each",
 )
+cli.check_flag("streams", cli.distinct_choices(STREAMS), ", ".join(STREAMS) + ", once each")
 cli.check_flag("workdir", cli.writable_folder, "a folder that can be written (it is wiped)")
 cli.check_flag("results_dir", cli.writable_folder, "a folder that can be written")
 FLAGS = flags.FLAGS
@@ -77,6 +85,26 @@ def cifar_shaped_stream(n: int, seed: int = 0) -> data_lib.Dataset:
     return data_lib.Dataset(info, images, labels, images[:1000], labels[:1000])
 
 
+def _stream(name: str) -> tuple[config_lib.TrainConfig, data_lib.Dataset]:
+    """The base config and the data of table ``name`` (one of ``STREAMS``)."""
+    if name == "lenet_fashion_mnist":
+        config = config_lib.TrainConfig(
+            model="lenet",
+            dataset="fashion_mnist",
+            epochs=FLAGS.lenet_epochs,
+            eif_batch_size=FLAGS.eif_batch_size,
+        )
+        return config_lib.resolve(config), data_lib.load("fashion_mnist")
+    config = config_lib.TrainConfig(
+        model="resnet20",
+        dataset="cifar10",
+        epochs=1.0,
+        checkpoint_every_steps=10**6,
+        eif_batch_size=FLAGS.eif_batch_size,
+    )
+    return config_lib.resolve(config), cifar_shaped_stream(FLAGS.resnet_instances)
+
+
 def main(argv: list[str]) -> None:
     del argv
     try:
@@ -86,28 +114,8 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     os.makedirs(FLAGS.results_dir, exist_ok=True)
     sections, payload = [], {"device": str(jax.devices()[0]), "jax": jax.__version__}
-    lenet = config_lib.resolve(
-        config_lib.TrainConfig(
-            model="lenet",
-            dataset="fashion_mnist",
-            epochs=FLAGS.lenet_epochs,
-            eif_batch_size=FLAGS.eif_batch_size,
-        )
-    )
-    resnet = config_lib.resolve(
-        config_lib.TrainConfig(
-            model="resnet20",
-            dataset="cifar10",
-            epochs=1.0,
-            checkpoint_every_steps=10**6,
-            eif_batch_size=FLAGS.eif_batch_size,
-        )
-    )
-    jobs = [
-        ("lenet_fashion_mnist", lenet, data_lib.load("fashion_mnist")),
-        ("resnet20_cifar_shaped", resnet, cifar_shaped_stream(FLAGS.resnet_instances)),
-    ]
-    for name, base, dataset in jobs:
+    for name in FLAGS.streams:
+        base, dataset = _stream(name)
         workdir = os.path.join(FLAGS.workdir, name)
         if os.path.exists(workdir):  # Fresh runs: a resumed run would time nothing.
             shutil.rmtree(workdir)

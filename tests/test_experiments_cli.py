@@ -140,6 +140,7 @@ def test_checked_flags_take_valid_values(tmp_path):
         ("benchmarks.methods", "--variants=sgd,nonesuch"),
         ("benchmarks.emp_step", "--repeats=0"),
         ("benchmarks.methods", "--repeats=0"),
+        ("benchmarks.methods", "--streams=resnet20_cifar_shaped,mnist"),
         ("benchmarks.lenet_throughput", "--threads=-1"),
         ("experiments.compare", "--workdir=/nonexistent/never --bits=7"),
         ("experiments.baselines", "--workdir=/nonexistent/never --methods=sgd,no_such_method"),
