@@ -123,14 +123,18 @@ def chunk_losses(
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
-def make_chunk_step(selector: Selector, info: data_lib.DatasetInfo) -> Callable:
+def make_chunk_step(
+    selector: Selector, info: data_lib.DatasetInfo, *, channel_counts: bool = False
+) -> Callable:
     """``chunk_step(state, images, labels, valid, chunk, root, indices=None)``.
 
     Steps 1-4 of the module doc for one chunk of ``m`` uint8 ``images`` (``[m, H, W,
     C]``), their ``labels`` and ``valid`` mask (False on the padding of a run's short
     last chunk). ``chunk`` is the chunk's number in the stream, ``root`` the run's key
     and ``indices`` (``[m]`` int32) the slots' training-set indices, needed only by a
-    selector with ``needs_indices``. Returns ``(state, metrics)``. Not jitted:
+    selector with ``needs_indices``. Returns ``(state, metrics)``; with
+    ``channel_counts`` the metrics hold the main step's per-layer kept channels
+    (:func:`edgefilter.training.steps.train_step_body`). Not jitted:
     :func:`make_block_step` scans it, a user's loop may jit it.
     """
 
@@ -164,7 +168,13 @@ def make_chunk_step(selector: Selector, info: data_lib.DatasetInfo) -> Callable:
         if selector.pack_size is not None:
             return _packed_step(state, sel_state, images, labels, indices, choice)
         main, metrics, train_losses = steps_lib.train_step_body(
-            state.main, train_images, train_labels, choice.train_weight, root, info
+            state.main,
+            train_images,
+            train_labels,
+            choice.train_weight,
+            root,
+            info,
+            channel_counts=channel_counts,
         )
         sel_state, sel_metrics = selector.observe(sel_state, x, choice, train_losses, probed)
         return EngineState(main=main, selector=sel_state), {**metrics, **sel_metrics}
@@ -221,6 +231,7 @@ def make_block_step(
     *,
     xla_cpu: bool | None = None,
     unroll: bool | None = None,
+    channel_counts: bool = False,
 ) -> Callable:
     """The jitted ``block_step(state, images, labels, valid, chunks, root, indices=None)``.
 
@@ -233,9 +244,10 @@ def make_block_step(
 
     ``unroll`` (default: the backend switch's state) unrolls the scan: XLA:CPU runs the
     body of a loop (or of a conditional) several times slower than the same operations
-    in straight-line code (benchmarks/README.md, "Stream engine").
+    in straight-line code (benchmarks/README.md, "Stream engine"). ``channel_counts``:
+    see :func:`make_chunk_step`.
     """
-    chunk_step = make_chunk_step(selector, info)
+    chunk_step = make_chunk_step(selector, info, channel_counts=channel_counts)
     unroll_all = backends.use_xla_cpu(xla_cpu) if unroll is None else unroll
 
     @functools.partial(backends.jit, xla_cpu=xla_cpu, donate_argnums=0)

@@ -262,9 +262,7 @@ def _train_stream(session: _Session, loop: dict[str, Any], progress: Progress) -
         before = int(loop["chunk"])
         loop, records, boundary = _stream_block(session, loop)
         position, chunk = int(loop["position"]), int(loop["chunk"])
-        for number, kind, metrics in records:
-            prefix = "eif/" if kind == "window" else ""
-            session.metrics_log.add(number + 1, {f"{prefix}{k}": v for k, v in metrics.items()})
+        _log_records(session, records)
         nonfinite = divergence.first_nonfinite_loss(records)  # Host values: no sync.
         if nonfinite is not None:
             raise divergence.Diverged(*nonfinite, _last_good(session))
@@ -281,6 +279,24 @@ def _train_stream(session: _Session, loop: dict[str, Any], progress: Progress) -
         if checkpoint_due:
             loop = _checkpoint(session, loop, elapsed)
     return loop
+
+
+def _log_records(session: _Session, records: list[runners.Record]) -> None:
+    """Queues a block's records: per chunk, per closed filter window (``eif/``), and
+    under EMP the per-layer kept channels (``emp/kept_channels/<layer>``) of the step of
+    every ``log_every_steps``-th chunk only, as their own record (every step's counts
+    reach the host with the block's metrics; one record per layer and chunk would
+    dwarf the rest of ``metrics.jsonl`` for a deep network)."""
+    every = session.config.log_every_steps
+    counted: set[int] = set()
+    for number, kind, metrics in records:
+        counts = {k: v for k, v in metrics.items() if k.startswith(train_lib.KEPT_CHANNELS)}
+        prefix = "eif/" if kind == "window" else ""
+        logged = {f"{prefix}{k}": v for k, v in metrics.items() if k not in counts}
+        session.metrics_log.add(number + 1, logged)
+        if counts and (number + 1) % every == 0 and number not in counted:
+            counted.add(number)  # The host-queue runner may step twice in a chunk.
+            session.metrics_log.add(number + 1, {f"emp/{k}": v for k, v in counts.items()})
 
 
 def _stream_block(
@@ -404,6 +420,9 @@ def _summary(session: _Session, loop: dict[str, Any]) -> dict[str, Any]:
         "compilations": session.runner.compilations(),
         "history": history,
     }
+    if config.uses_emp:  # The layers its emp/kept_channels/ records name.
+        layers = accounting.emp_layers(config, session.dataset.info)
+        summary["emp"] = {"policy": config.emp.policy, "layers": layers}
     if config.uses_eif:
         fstate = runners.filter_state(loop)
         summary["eif"] = {

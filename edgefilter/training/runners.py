@@ -103,7 +103,9 @@ class EngineRunner:
     ):
         self.config, self.info, self.selector = config, info, selector
         self.dataset, self.root = dataset, root
-        self.block_step = engine_lib.make_block_step(selector, info, xla_cpu=config.xla_cpu)
+        self.block_step = engine_lib.make_block_step(
+            selector, info, xla_cpu=config.xla_cpu, channel_counts=config.uses_emp
+        )
         self.queue_step = None
         if selector.pack_size is not None:
             self.queue_step = engine_lib.make_queue_step(selector, info, xla_cpu=config.xla_cpu)
