@@ -63,7 +63,7 @@ from flax import struct
 from edgefilter import backends
 from edgefilter import data as data_lib
 from edgefilter.models.state import TrainState
-from edgefilter.select.base import Packed, Selector, gather
+from edgefilter.select.base import Choice, Packed, Selector, gather
 from edgefilter.training import pack
 from edgefilter.training import steps as steps_lib
 
@@ -75,6 +75,7 @@ __all__ = [
     "make_chunk_step",
     "make_queue_step",
     "probe_losses",
+    "select_chunk",
 ]
 
 # Folded into the run's key for the selectors' randomness (distinct from the main step's).
@@ -123,6 +124,38 @@ def chunk_losses(
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
+def select_chunk(
+    selector: Selector,
+    state: EngineState,
+    x: jax.Array,
+    labels: jax.Array,
+    valid: jax.Array,
+    chunk: jax.Array,
+    root: jax.Array,
+    indices: jax.Array | None = None,
+) -> tuple[Choice, Any]:
+    """Step 1 of the module doc: ``selector.select`` on the normalised chunk ``x``.
+
+    The key is chunk number ``chunk``'s (:func:`chunk_key`); a selector that ranks by
+    the main network's loss gets :func:`chunk_losses` of ``state.main``, one that keeps
+    a per-instance history the slots' ``indices``. Pure: the same arguments give the
+    same choice, so a snapshot (:mod:`edgefilter.training.snapshots`) computed from the
+    state before a chunk is the decision training takes on it.
+    """
+    key = chunk_key(root, chunk)
+    needs = {}
+    if selector.chunk_forward is not None:
+        forward_key = jax.random.fold_in(key, 1)  # Dropout, in training mode.
+        needs["forward"] = functools.partial(
+            chunk_losses, state.main, x, labels, selector.chunk_forward, forward_key
+        )
+    if selector.needs_indices:
+        if indices is None:
+            raise ValueError("this selector needs the chunk's training-set indices")
+        needs["indices"] = indices
+    return selector.select(state.selector, x, key, valid, **needs)
+
+
 def make_chunk_step(
     selector: Selector, info: data_lib.DatasetInfo, *, channel_counts: bool = False
 ) -> Callable:
@@ -148,18 +181,7 @@ def make_chunk_step(
         indices: jax.Array | None = None,
     ) -> tuple[EngineState, dict[str, jax.Array]]:
         x = steps_lib.preprocess(images, info, None)
-        key = chunk_key(root, chunk)
-        needs = {}
-        if selector.chunk_forward is not None:
-            forward_key = jax.random.fold_in(key, 1)  # Dropout, in training mode.
-            needs["forward"] = functools.partial(
-                chunk_losses, state.main, x, labels, selector.chunk_forward, forward_key
-            )
-        if selector.needs_indices:
-            if indices is None:
-                raise ValueError("this selector needs the chunk's training-set indices")
-            needs["indices"] = indices
-        choice, sel_state = selector.select(state.selector, x, key, valid, **needs)
+        choice, sel_state = select_chunk(selector, state, x, labels, valid, chunk, root, indices)
         (train_images, train_labels), (probe_images, probe_labels) = gather(choice, images, labels)
         probed = jnp.zeros((0,), jnp.float32)
         if selector.probe_size:

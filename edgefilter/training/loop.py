@@ -35,6 +35,7 @@ from edgefilter.training import budget as budget_lib
 from edgefilter.training import checkpoint as checkpoint_lib
 from edgefilter.training import config as config_lib
 from edgefilter.training import metrics as metrics_lib
+from edgefilter.training import snapshots as snapshots_lib
 from edgefilter.training import steps as train_lib
 from edgefilter.training import stream as stream_lib
 
@@ -58,6 +59,7 @@ _RESUMABLE_CHANGES = frozenset(
         "data_dir",
         "xla_cpu",  # The same values either way; checkpoints load in both modes.
         "block_chunks",  # Where blocks end changes no value (training.engine).
+        "snapshots",  # Records of decisions, taken beside training (training.snapshots).
     }
 )
 
@@ -157,6 +159,10 @@ def train_and_evaluate(
         eval_step=train_lib.make_eval_step(dataset.info, xla_cpu=config.xla_cpu),
         clock=_Clock.resume(loop),
         reference_length=reference,
+        workdir=workdir,
+        snapshot_chunks=snapshots_lib.targets(
+            -(-length // config.batch_size), snapshots_lib.count(config)
+        ),
     )
     try:
         with metrics_lib.progress_bar(show_progress) as progress:
@@ -230,6 +236,8 @@ class _Session:
     eval_step: Callable
     clock: _Clock
     reference_length: int  # SGD's stream, against which the compute is counted.
+    workdir: str
+    snapshot_chunks: tuple[int, ...]  # Chunks whose decision is saved (training.snapshots).
 
     @property
     def num_train(self) -> int:
@@ -311,6 +319,7 @@ def _stream_block(
     config, stream, n = session.config, session.stream, session.num_train
     length, m = stream.length, config.batch_size
     position, chunk = int(loop["position"]), int(loop["chunk"])
+    start = position
     chunks, boundary = [], "full"
     while len(chunks) < config.block_chunks and boundary == "full":
         count = min(m, length - position)
@@ -323,12 +332,36 @@ def _stream_block(
             boundary = "epoch"
         elif chunk % config.checkpoint_every_steps == 0:
             boundary = "checkpoint"
+    if snapshots_lib.due(session.snapshot_chunks, chunks[0][2], chunks[-1][2]):
+        _snapshot(session, loop, chunks[0], start / n)
     loop, records = session.runner.run_block(loop, chunks)
     if position >= length:
         loop, more = session.runner.finish(loop, chunk - 1)
         records += more
     loop.update(position=np.asarray(position, np.int64), chunk=np.asarray(chunk, np.int64))
     return loop, records, boundary
+
+
+def _snapshot(
+    session: _Session, loop: dict[str, Any], chunk: tuple[np.ndarray, np.ndarray, int], epoch: float
+) -> None:
+    """Saves ``chunk``, the next to train, with the run's decision on it (side time)."""
+    started, compiled = time.perf_counter(), metrics_lib.compile_seconds()
+    kept, losses = session.runner.decide(loop, chunk)
+    indices, weights, number = chunk
+    snapshot = snapshots_lib.Snapshot(
+        chunk=number,
+        step=number + 1,
+        epoch=epoch,
+        images=session.dataset.train_images[indices],
+        labels=session.dataset.train_labels[indices],
+        valid=weights > 0,
+        kept=np.asarray(kept, bool),
+        losses=np.asarray(losses, np.float32),
+    )
+    snapshots_lib.write(session.workdir, snapshot)
+    session.clock.side += time.perf_counter() - started
+    session.clock.side -= metrics_lib.compile_seconds() - compiled
 
 
 def _evaluate_epoch(session: _Session, loop: dict[str, Any], console: Console) -> None:
