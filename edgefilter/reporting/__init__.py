@@ -7,7 +7,9 @@
 * ``filter_figures``: the filter's threshold (Fig. 10), wrong predictions (Fig. 11) and
   kept and dropped instances (Fig. 13);
 * ``emp_figures``: EMP's kept channels per conv layer (Fig. 14);
-* ``harness``: methods x budgets x seeds on the same stream (``experiments.baselines``).
+* ``harness``: methods x budgets x seeds on the same stream (``experiments.baselines``);
+* ``report``: report.md with the table and the figures of any set of runs
+  (``experiments.report``).
 """
 
 from edgefilter.reporting import (
@@ -16,6 +18,7 @@ from edgefilter.reporting import (
     figures,
     filter_figures,
     harness,
+    report,
     results,
     runs,
 )
@@ -26,6 +29,7 @@ __all__ = [
     "figures",
     "filter_figures",
     "harness",
+    "report",
     "results",
     "runs",
 ]
