@@ -64,7 +64,7 @@ def test_threshold_tracking_draws_t_l_the_main_loss_and_the_kept_fraction_per_wi
     assert left.get_yscale() == "log"  # Every loss is positive.
     assert left.get_ylabel() == "loss (cross-entropy)" and right.get_ylabel() == "kept fraction"
     assert left.get_xlabel() == "stream position (chunks of one mini-batch)"
-    assert left.get_title().startswith("eif b0.3: ") and "Fig. 10" in left.get_title()
+    assert left.get_title().startswith("eif b0.3\n") and "Fig. 10" in left.get_title()
 
 
 def test_wrong_prediction_ratio_one_line_per_run_one_legend_entry_per_label():

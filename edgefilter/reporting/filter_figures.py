@@ -66,13 +66,15 @@ def threshold_tracking(run: Run, title: str = "") -> Figure:
     right.set_ylabel("kept fraction")
     handles = axes.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     axes.legend(handles=handles, loc="upper right", fontsize=8)
-    axes.set_title(title or f"{run.label}: the loss threshold tracks the main loss (Fig. 10)")
+    axes.set_title(title or f"{run.label}\nthe loss threshold T_l tracks the main loss (Fig. 10)")
     axes.grid(alpha=0.3)
     return figure
 
 
 def wrong_prediction_ratio(runs: Sequence[Run], title: str = "") -> Figure:
     """Fig. 11: the filter's wrong-prediction ratio (%) per window, one line per run.
+
+    The ratio is over the window's instances whose label is known (trained or probed).
 
     Lines of one method and budget (``Run.label``, e.g. ``eif b0.3`` and
     ``eif_unweighted b0.3``) share a colour and one legend entry, which gives the mean
@@ -95,12 +97,10 @@ def wrong_prediction_ratio(runs: Sequence[Run], title: str = "") -> Figure:
         percent = [100 * v for v in values]
         axes.plot(steps, percent, color=colour[run.label], label=label, alpha=0.8, lw=0.8)
     axes.set_xlabel(STREAM_AXIS)
-    axes.set_ylabel("wrong-prediction ratio (%, of instances with a known label)")
-    axes.set_title(
-        title or "The filter's wrong predictions per window (Fig. 11: weighted loss or not)"
-    )
+    axes.set_ylabel("wrong-prediction ratio (%)")
+    axes.set_title(title or "The filter's wrong predictions per window (Fig. 11)")
     if drawn:
-        axes.legend()
+        axes.legend(fontsize=8, loc="upper right")
     axes.grid(alpha=0.3)
     return figure
 
