@@ -34,7 +34,8 @@ the mini-batches that bypassed it). :func:`budget_summary` gives these counts, z
 the methods that skip nothing.
 
 EMP's ``threshold`` policy keeps a data-dependent number of channels per step; its
-kept counts are not recorded, so its backward is counted dense (an upper bound) and
+kept counts are recorded only every ``log_every_steps`` chunks (``emp/kept_channels/``,
+a sample, not every step), so its backward is counted dense (an upper bound) and
 ``emp_counted_dense`` says so.
 """
 

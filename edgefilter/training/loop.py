@@ -9,6 +9,10 @@ selection fits the selection interface runs on the device, one dispatch per bloc
 ``--eif_batch_size`` pack the filter's selection through host-side queues
 (:mod:`edgefilter.training.eif_runner`).
 
+Beside training, the loop records what the paper's figures need without changing what
+is trained: EMP's kept channels per layer (from the step's metrics) and snapshots of the
+selection's decision on whole chunks (:mod:`edgefilter.training.snapshots`).
+
 A run is determined by its config: the stream order comes from ``(seed, epoch)`` and
 the per-step randomness from ``fold_in(seed, step)``, and the whole loop state is one
 checkpointed pytree, so a run resumed from its workdir (also after SIGKILL) ends with
