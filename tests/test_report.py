@@ -199,9 +199,12 @@ def test_the_command_refuses_bad_input_with_one_line_and_exit_2(
 
 
 def test_the_command_writes_beside_the_first_folder_by_default(report_main, harness_dir, capsys):
-    argv = flags.FLAGS(["report", str(harness_dir / "sgd"), str(harness_dir / "eif")])
-    report_main.main(argv)
+    diverged = harness_dir / "eif" / "b0.5"
+    report_main.main(flags.FLAGS(["report", str(harness_dir / "sgd"), str(diverged)]))
     captured = capsys.readouterr()
     assert captured.out == f"{harness_dir / 'sgd' / 'report.md'}\n"
-    assert "eif/b0.5/s0 left out: the run diverged" in captured.err
-    assert (harness_dir / "sgd" / report.FIGURES / "threshold_eif_b0.3.png").exists()
+    assert (
+        captured.err
+        == f"warning: {diverged / 's0'} left out: the run diverged or has no final accuracy\n"
+    )
+    assert (harness_dir / "sgd" / report.FIGURES / "kept_fraction.png").exists()
