@@ -61,6 +61,7 @@ _RANGES = {
     "checkpoint_every_steps": ["0"],
     "log_every_steps": ["-1"],
     "block_chunks": ["0"],
+    "snapshots": ["-1"],
     "emp_policy": ["random"],
     "emp_keep": ["0", "1.5"],
     "emp_threshold": ["-1"],

@@ -141,6 +141,7 @@ FLAG_DEFAULTS = {
     "log_every_steps": 50,
     "block_chunks": 8,
     "xla_cpu": None,
+    "snapshots": 4,
     "emp_policy": "topk",
     "emp_keep": 0.5,
     "emp_threshold": 1.0,

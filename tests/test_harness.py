@@ -371,3 +371,22 @@ def test_the_command_refuses_a_workdir_it_cannot_write(baselines_main, tmp_path,
         baselines_main.main(["baselines"])
     assert exit_info.value.code == 2
     assert "is a file, so the folder cannot be made" in capsys.readouterr().err
+
+
+def test_a_run_recorded_before_a_setting_existed_is_finished_at_its_default(tmp_path):
+    (job,) = harness.plan(config_lib.resolve(_tiny_base()), ["sgd"], [], [0], str(tmp_path))
+    os.makedirs(job.workdir)
+
+    def finished(recorded: dict, job: harness.Job = job) -> bool:
+        with open(os.path.join(job.workdir, "summary.json"), "w") as f:
+            json.dump({"config": recorded}, f)
+        return harness.is_finished(job)
+
+    flat = json.loads(json.dumps(config_lib.as_flags(job.config)))
+    older = {k: v for k, v in flat.items() if k != "snapshots"}  # Written before it existed.
+    assert finished(flat) and finished(older)
+    assert not finished({**flat, "steps": 5})  # Another run.
+    assert not finished({**flat, "no_such_setting": 1})
+    # A job whose snapshots are not the default's is not the older run.
+    other = job._replace(config=dataclasses.replace(job.config, snapshots=0))
+    assert not finished(older, other)

@@ -24,6 +24,8 @@ Public API:
   functions, for tests, analysis and accounting.
 * :func:`backward_macs` and :func:`selection_macs`: analytic operation counts, so the
   selection overhead can be stated against the layer's backward cost.
+* :func:`kept_channels`: per conv layer, the channels a step's gradients show were kept
+  (what the training loop records for the paper's Fig. 14).
 
 Design notes:
 
@@ -113,6 +115,7 @@ __all__ = [
     "backward_macs",
     "channel_scores",
     "conv_general_dilated",
+    "kept_channels",
     "pruning",
     "select_channels",
     "selection_macs",
@@ -330,6 +333,38 @@ def select_channels(
         _, idx = lax.top_k(scores, policy.num_kept(n))
         return jnp.zeros((n,), bool).at[idx].set(True)
     return _threshold_mask(scores, policy.threshold)
+
+
+def kept_channels(grads: Any) -> dict[str, jax.Array]:
+    """Per conv layer of a gradient pytree, the output channels the backward kept.
+
+    EMP's backward computes the weight gradient (Eq. 12) on the kept channels only and
+    scatters it into a zero kernel gradient, so a pruned channel's gradient is exactly
+    zero. This counts, for every conv kernel in ``grads`` (a leaf named ``kernel`` with
+    at least 3 dimensions, output features last: flax's layout), the output channels
+    whose gradient is not all zero. That is the number of channels the step kept, less
+    any kept channel whose output error was zero over the whole batch (which adds
+    nothing to either backward convolution); for a dense (unpruned) layer, its
+    channels with any gradient. With :class:`TopK` the kept number is fixed,
+    ``num_kept(n)``; with :class:`Threshold` it varies from step to step.
+
+    Counting costs one comparison and one reduction per kernel weight, no host sync;
+    the gradients are what the step computes anyway.
+
+    Args:
+      grads: gradients of a flax model's parameters (e.g. ``{"Conv_1": {"kernel": ...}}``).
+
+    Returns:
+      ``{layer path: int32 scalar}``, the path being the kernel's module path joined by
+      ``/`` (``"Conv_1"``, ``"BasicBlock_0/Conv_0"``).
+    """
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(grads):
+        names = [str(getattr(entry, "key", entry)) for entry in path]
+        if names[-1] == "kernel" and leaf.ndim >= 3:
+            nonzero = jnp.any(leaf != 0, axis=tuple(range(leaf.ndim - 1)))
+            out["/".join(names[:-1])] = jnp.sum(nonzero, dtype=jnp.int32)
+    return out
 
 
 # ----------------------------------------------------------------------------------------

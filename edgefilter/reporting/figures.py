@@ -14,6 +14,11 @@ Each function takes what :mod:`edgefilter.reporting.runs` and
 * :func:`kept_fraction`: the fraction of the stream kept for training over the run: per
   filter window (``eif/predicted_high_fraction``, the paper's Fig. 10 shows it) for the
   instance filter's methods, per logged chunk (``trained`` / batch size) for the others.
+
+The figures of the filter's workings (Fig. 10, 11, 13) are in
+:mod:`edgefilter.reporting.filter_figures`, EMP's kept channels (Fig. 14) in
+:mod:`edgefilter.reporting.emp_figures`; they share :func:`new_figure`, :func:`colours`
+and :func:`save`.
 """
 
 from __future__ import annotations
@@ -29,13 +34,20 @@ from matplotlib.figure import Figure
 from edgefilter.reporting.runs import Run
 
 
-def _figure() -> tuple[Figure, Any]:
-    figure = Figure(figsize=(6.4, 4.4), layout="constrained")
+def new_figure(size: tuple[float, float] = (6.4, 4.4)) -> Figure:
+    """An empty figure on an Agg canvas (no pyplot: no global state, no display)."""
+    figure = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(figure)
+    return figure
+
+
+def _figure() -> tuple[Figure, Any]:
+    figure = new_figure()
     return figure, figure.add_subplot()
 
 
-def _colours(labels: Sequence[str]) -> dict[str, Any]:
+def colours(labels: Sequence[str]) -> dict[str, Any]:
+    """One colour of matplotlib's cycle per distinct label, in first-seen order."""
     cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     unique = list(dict.fromkeys(labels))
     return {label: cycle[i % len(cycle)] for i, label in enumerate(unique)}
@@ -86,14 +98,14 @@ def accuracy_vs_time(runs: Sequence[Run], title: str = "") -> Figure:
     """
     figure, axes = _figure()
     timed = [r for r in runs if r.evaluations and "train_time_s" in r.evaluations[0]]
-    colours = _colours([r.label for r in timed])
+    colour = colours([r.label for r in timed])
     labelled: set[str] = set()
     for run in timed:
         x = [e["train_time_s"] for e in run.evaluations]
         y = [100 * e["test_accuracy"] for e in run.evaluations]
         label = None if run.label in labelled else run.label
         labelled.add(run.label)
-        axes.plot(x, y, marker=".", color=colours[run.label], label=label, alpha=0.8)
+        axes.plot(x, y, marker=".", color=colour[run.label], label=label, alpha=0.8)
     axes.set_xlabel("training time (s; evaluation, checkpointing and compilation excluded)")
     axes.set_ylabel("test accuracy (%)")
     axes.set_title(title or "Test accuracy against wall-clock training time (one curve per run)")
@@ -134,13 +146,13 @@ def kept_fraction(runs: Sequence[Run], title: str = "") -> Figure:
     whether its values are per filter window or per chunk.
     """
     figure, axes = _figure()
-    colours = _colours([r.label for r in runs])
+    colour = colours([r.label for r in runs])
     labelled: set[str] = set()
     for run in runs:
         kind, steps, fractions = kept_series(run)
         label = None if run.label in labelled else f"{run.label} (per {kind})"
         labelled.add(run.label)
-        axes.plot(steps, fractions, color=colours[run.label], label=label, alpha=0.8)
+        axes.plot(steps, fractions, color=colour[run.label], label=label, alpha=0.8)
     axes.set_xlabel("stream position (chunks of one mini-batch)")
     axes.set_ylabel("kept fraction of the stream")
     axes.set_ylim(0.0, 1.05)

@@ -150,13 +150,22 @@ def plan(
 
 
 def is_finished(job: Job) -> bool:
-    """Whether ``job.workdir`` holds a summary.json of a run with ``job.config``."""
+    """Whether ``job.workdir`` holds a summary.json of a run with ``job.config``.
+
+    A setting the recorded config lacks (the run was written before the setting
+    existed) matches when ``job.config`` holds its default, so that adding a setting
+    does not make every finished run train again.
+    """
     path = os.path.join(job.workdir, "summary.json")
     if not os.path.exists(path):
         return False
     with open(path) as f:
         recorded = json.load(f).get("config")
-    return recorded == json.loads(json.dumps(config_lib.as_flags(job.config)))
+    current = json.loads(json.dumps(config_lib.as_flags(job.config)))
+    defaults = json.loads(json.dumps(config_lib.as_flags(config_lib.TrainConfig())))
+    if recorded is None or set(recorded) - set(current):
+        return False
+    return all(recorded.get(k, defaults[k]) == v for k, v in current.items())
 
 
 def _duration(seconds: float) -> str:

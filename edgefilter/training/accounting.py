@@ -34,7 +34,8 @@ the mini-batches that bypassed it). :func:`budget_summary` gives these counts, z
 the methods that skip nothing.
 
 EMP's ``threshold`` policy keeps a data-dependent number of channels per step; its
-kept counts are not recorded, so its backward is counted dense (an upper bound) and
+kept counts are recorded only every ``log_every_steps`` chunks (``emp/kept_channels/``,
+a sample, not every step), so its backward is counted dense (an upper bound) and
 ``emp_counted_dense`` says so.
 """
 
@@ -130,6 +131,27 @@ def run_compute(
         "emp_counted_dense": counted_dense,
         "counted": "analytic",
     }
+
+
+def emp_layers(config: config_lib.TrainConfig, info: data_lib.DatasetInfo) -> list[dict[str, Any]]:
+    """The main network's conv layers as EMP sees them, in the order the model calls them.
+
+    Each is ``{"name", "channels", "pruned", "kept"}``: its module path (as the
+    ``emp/kept_channels/<name>`` records of ``metrics.jsonl`` name it), its output
+    channels ``n``, whether EMP selects among them (every conv layer but the first,
+    unless ``--emp_first_layer``), and the channels its backward keeps when that is
+    fixed: ``n`` for a dense layer, ``TopK.num_kept(n)`` under the topk policy; None
+    under the threshold policy, whose count varies from step to step.
+    """
+    policy = config.emp.as_policy()
+    layers = flops.per_layer(config.model, info.image_shape, info.num_classes)
+    convs = [layer for layer in layers if layer.kind == "conv"]
+    out = []
+    for i, layer in enumerate(convs):
+        n, pruned = layer.output_channels, i > 0 or config.emp.first_layer
+        kept = n if not pruned else policy.num_kept(n) if config.emp.policy == "topk" else None
+        out.append({"name": layer.name, "channels": n, "pruned": pruned, "kept": kept})
+    return out
 
 
 def block_costs(model: str, info: data_lib.DatasetInfo) -> list[dict[str, int]]:

@@ -218,6 +218,13 @@ class TrainConfig:
     xla_cpu: bool | None = setting(
         None, "XLA:CPU lowerings: default on when jax.default_backend() is cpu."
     )
+    snapshots: int = setting(
+        4,
+        "Chunks, evenly spaced from the first to the last, saved with the selection's "
+        "keep/drop decision on each instance to <workdir>/snapshots/ (the paper's Fig. 13; "
+        "edgefilter.training.snapshots); 0: none.",
+        methods=(*EIF_METHODS, *SELECTION_BASELINES),
+    )
     emp: EmpConfig = setting(EmpConfig(), "EMP", methods=EMP_METHODS)
     filter: FilterConfig = setting(FilterConfig(), "EIF", methods=FILTER_FLAG_METHODS)
     filter_model: str | None = setting(
@@ -494,6 +501,9 @@ def _check_positive(config: TrainConfig) -> None:
             and math.isfinite(value)
         ):
             _fail(name, value, "must be a positive number")
+    snapshots = config.snapshots
+    if isinstance(snapshots, bool) or not isinstance(snapshots, numbers.Integral) or snapshots < 0:
+        _fail("snapshots", snapshots, "must be an integer >= 0")
 
 
 def _check_optimizer(config: TrainConfig) -> None:

@@ -96,8 +96,13 @@ def make_eif_step(
     fconfig: instance_filter.FilterConfig,
     probes: int,
     xla_cpu: bool | None = None,
+    channel_counts: bool = False,
 ):
-    """Jitted step 3 of the module doc: probe forward, main update, filter update."""
+    """Jitted step 3 of the module doc: probe forward, main update, filter update.
+
+    ``channel_counts``: the main step's metrics hold its per-layer kept channels under
+    EMP (:func:`edgefilter.training.steps.train_step_body`).
+    """
 
     @functools.partial(backends.jit, xla_cpu=xla_cpu, donate_argnums=(0, 1))
     def eif_step(
@@ -131,7 +136,7 @@ def make_eif_step(
             mask.append(probe_mask)
             random.append(probe_random)
         main, metrics, train_losses = train_lib.train_step_body(
-            main, images, labels, weights, key, info
+            main, images, labels, weights, key, info, channel_counts=channel_counts
         )
         fstate, filter_metrics = instance_filter.update(
             fstate,
@@ -173,7 +178,9 @@ class EifRunner:
         self.info = info
         self.root = root
         self.predict = make_predict_step(info, self.fconfig, config.xla_cpu)
-        self.step = make_eif_step(info, self.fconfig, self.probes, config.xla_cpu)
+        self.step = make_eif_step(
+            info, self.fconfig, self.probes, config.xla_cpu, channel_counts=config.uses_emp
+        )
         self.end_window = backends.jit(
             functools.partial(instance_filter.end_window, config=self.fconfig),
             xla_cpu=config.xla_cpu,

@@ -63,7 +63,7 @@ from flax import struct
 from edgefilter import backends
 from edgefilter import data as data_lib
 from edgefilter.models.state import TrainState
-from edgefilter.select.base import Packed, Selector, gather
+from edgefilter.select.base import Choice, Packed, Selector, gather
 from edgefilter.training import pack
 from edgefilter.training import steps as steps_lib
 
@@ -75,6 +75,7 @@ __all__ = [
     "make_chunk_step",
     "make_queue_step",
     "probe_losses",
+    "select_chunk",
 ]
 
 # Folded into the run's key for the selectors' randomness (distinct from the main step's).
@@ -123,14 +124,50 @@ def chunk_losses(
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
-def make_chunk_step(selector: Selector, info: data_lib.DatasetInfo) -> Callable:
+def select_chunk(
+    selector: Selector,
+    state: EngineState,
+    x: jax.Array,
+    labels: jax.Array,
+    valid: jax.Array,
+    chunk: jax.Array,
+    root: jax.Array,
+    indices: jax.Array | None = None,
+) -> tuple[Choice, Any]:
+    """Step 1 of the module doc: ``selector.select`` on the normalised chunk ``x``.
+
+    The key is chunk number ``chunk``'s (:func:`chunk_key`); a selector that ranks by
+    the main network's loss gets :func:`chunk_losses` of ``state.main``, one that keeps
+    a per-instance history the slots' ``indices``. Pure: the same arguments give the
+    same choice, so a snapshot (:mod:`edgefilter.training.snapshots`) computed from the
+    state before a chunk is the decision training takes on it.
+    """
+    key = chunk_key(root, chunk)
+    needs = {}
+    if selector.chunk_forward is not None:
+        forward_key = jax.random.fold_in(key, 1)  # Dropout, in training mode.
+        needs["forward"] = functools.partial(
+            chunk_losses, state.main, x, labels, selector.chunk_forward, forward_key
+        )
+    if selector.needs_indices:
+        if indices is None:
+            raise ValueError("this selector needs the chunk's training-set indices")
+        needs["indices"] = indices
+    return selector.select(state.selector, x, key, valid, **needs)
+
+
+def make_chunk_step(
+    selector: Selector, info: data_lib.DatasetInfo, *, channel_counts: bool = False
+) -> Callable:
     """``chunk_step(state, images, labels, valid, chunk, root, indices=None)``.
 
     Steps 1-4 of the module doc for one chunk of ``m`` uint8 ``images`` (``[m, H, W,
     C]``), their ``labels`` and ``valid`` mask (False on the padding of a run's short
     last chunk). ``chunk`` is the chunk's number in the stream, ``root`` the run's key
     and ``indices`` (``[m]`` int32) the slots' training-set indices, needed only by a
-    selector with ``needs_indices``. Returns ``(state, metrics)``. Not jitted:
+    selector with ``needs_indices``. Returns ``(state, metrics)``; with
+    ``channel_counts`` the metrics hold the main step's per-layer kept channels
+    (:func:`edgefilter.training.steps.train_step_body`). Not jitted:
     :func:`make_block_step` scans it, a user's loop may jit it.
     """
 
@@ -144,18 +181,7 @@ def make_chunk_step(selector: Selector, info: data_lib.DatasetInfo) -> Callable:
         indices: jax.Array | None = None,
     ) -> tuple[EngineState, dict[str, jax.Array]]:
         x = steps_lib.preprocess(images, info, None)
-        key = chunk_key(root, chunk)
-        needs = {}
-        if selector.chunk_forward is not None:
-            forward_key = jax.random.fold_in(key, 1)  # Dropout, in training mode.
-            needs["forward"] = functools.partial(
-                chunk_losses, state.main, x, labels, selector.chunk_forward, forward_key
-            )
-        if selector.needs_indices:
-            if indices is None:
-                raise ValueError("this selector needs the chunk's training-set indices")
-            needs["indices"] = indices
-        choice, sel_state = selector.select(state.selector, x, key, valid, **needs)
+        choice, sel_state = select_chunk(selector, state, x, labels, valid, chunk, root, indices)
         (train_images, train_labels), (probe_images, probe_labels) = gather(choice, images, labels)
         probed = jnp.zeros((0,), jnp.float32)
         if selector.probe_size:
@@ -164,7 +190,13 @@ def make_chunk_step(selector: Selector, info: data_lib.DatasetInfo) -> Callable:
         if selector.pack_size is not None:
             return _packed_step(state, sel_state, images, labels, indices, choice)
         main, metrics, train_losses = steps_lib.train_step_body(
-            state.main, train_images, train_labels, choice.train_weight, root, info
+            state.main,
+            train_images,
+            train_labels,
+            choice.train_weight,
+            root,
+            info,
+            channel_counts=channel_counts,
         )
         sel_state, sel_metrics = selector.observe(sel_state, x, choice, train_losses, probed)
         return EngineState(main=main, selector=sel_state), {**metrics, **sel_metrics}
@@ -221,6 +253,7 @@ def make_block_step(
     *,
     xla_cpu: bool | None = None,
     unroll: bool | None = None,
+    channel_counts: bool = False,
 ) -> Callable:
     """The jitted ``block_step(state, images, labels, valid, chunks, root, indices=None)``.
 
@@ -233,9 +266,10 @@ def make_block_step(
 
     ``unroll`` (default: the backend switch's state) unrolls the scan: XLA:CPU runs the
     body of a loop (or of a conditional) several times slower than the same operations
-    in straight-line code (benchmarks/README.md, "Stream engine").
+    in straight-line code (benchmarks/README.md, "Stream engine"). ``channel_counts``:
+    see :func:`make_chunk_step`.
     """
-    chunk_step = make_chunk_step(selector, info)
+    chunk_step = make_chunk_step(selector, info, channel_counts=channel_counts)
     unroll_all = backends.use_xla_cpu(xla_cpu) if unroll is None else unroll
 
     @functools.partial(backends.jit, xla_cpu=xla_cpu, donate_argnums=0)

@@ -9,6 +9,10 @@ selection fits the selection interface runs on the device, one dispatch per bloc
 ``--eif_batch_size`` pack the filter's selection through host-side queues
 (:mod:`edgefilter.training.eif_runner`).
 
+Beside training, the loop records what the paper's figures need without changing what
+is trained: EMP's kept channels per layer (from the step's metrics) and snapshots of the
+selection's decision on whole chunks (:mod:`edgefilter.training.snapshots`).
+
 A run is determined by its config: the stream order comes from ``(seed, epoch)`` and
 the per-step randomness from ``fold_in(seed, step)``, and the whole loop state is one
 checkpointed pytree, so a run resumed from its workdir (also after SIGKILL) ends with
@@ -35,6 +39,7 @@ from edgefilter.training import budget as budget_lib
 from edgefilter.training import checkpoint as checkpoint_lib
 from edgefilter.training import config as config_lib
 from edgefilter.training import metrics as metrics_lib
+from edgefilter.training import snapshots as snapshots_lib
 from edgefilter.training import steps as train_lib
 from edgefilter.training import stream as stream_lib
 
@@ -58,6 +63,7 @@ _RESUMABLE_CHANGES = frozenset(
         "data_dir",
         "xla_cpu",  # The same values either way; checkpoints load in both modes.
         "block_chunks",  # Where blocks end changes no value (training.engine).
+        "snapshots",  # Records of decisions, taken beside training (training.snapshots).
     }
 )
 
@@ -157,6 +163,10 @@ def train_and_evaluate(
         eval_step=train_lib.make_eval_step(dataset.info, xla_cpu=config.xla_cpu),
         clock=_Clock.resume(loop),
         reference_length=reference,
+        workdir=workdir,
+        snapshot_chunks=snapshots_lib.targets(
+            -(-length // config.batch_size), snapshots_lib.count(config)
+        ),
     )
     try:
         with metrics_lib.progress_bar(show_progress) as progress:
@@ -230,6 +240,8 @@ class _Session:
     eval_step: Callable
     clock: _Clock
     reference_length: int  # SGD's stream, against which the compute is counted.
+    workdir: str
+    snapshot_chunks: tuple[int, ...]  # Chunks whose decision is saved (training.snapshots).
 
     @property
     def num_train(self) -> int:
@@ -262,9 +274,7 @@ def _train_stream(session: _Session, loop: dict[str, Any], progress: Progress) -
         before = int(loop["chunk"])
         loop, records, boundary = _stream_block(session, loop)
         position, chunk = int(loop["position"]), int(loop["chunk"])
-        for number, kind, metrics in records:
-            prefix = "eif/" if kind == "window" else ""
-            session.metrics_log.add(number + 1, {f"{prefix}{k}": v for k, v in metrics.items()})
+        _log_records(session, records)
         nonfinite = divergence.first_nonfinite_loss(records)  # Host values: no sync.
         if nonfinite is not None:
             raise divergence.Diverged(*nonfinite, _last_good(session))
@@ -283,6 +293,24 @@ def _train_stream(session: _Session, loop: dict[str, Any], progress: Progress) -
     return loop
 
 
+def _log_records(session: _Session, records: list[runners.Record]) -> None:
+    """Queues a block's records: per chunk, per closed filter window (``eif/``), and
+    under EMP the per-layer kept channels (``emp/kept_channels/<layer>``) of the step of
+    every ``log_every_steps``-th chunk only, as their own record (every step's counts
+    reach the host with the block's metrics; one record per layer and chunk would
+    dwarf the rest of ``metrics.jsonl`` for a deep network)."""
+    every = session.config.log_every_steps
+    counted: set[int] = set()
+    for number, kind, metrics in records:
+        counts = {k: v for k, v in metrics.items() if k.startswith(train_lib.KEPT_CHANNELS)}
+        prefix = "eif/" if kind == "window" else ""
+        logged = {f"{prefix}{k}": v for k, v in metrics.items() if k not in counts}
+        session.metrics_log.add(number + 1, logged)
+        if counts and (number + 1) % every == 0 and number not in counted:
+            counted.add(number)  # The host-queue runner may step twice in a chunk.
+            session.metrics_log.add(number + 1, {f"emp/{k}": v for k, v in counts.items()})
+
+
 def _stream_block(
     session: _Session, loop: dict[str, Any]
 ) -> tuple[dict[str, Any], list[runners.Record], str]:
@@ -295,6 +323,7 @@ def _stream_block(
     config, stream, n = session.config, session.stream, session.num_train
     length, m = stream.length, config.batch_size
     position, chunk = int(loop["position"]), int(loop["chunk"])
+    start = position
     chunks, boundary = [], "full"
     while len(chunks) < config.block_chunks and boundary == "full":
         count = min(m, length - position)
@@ -307,12 +336,36 @@ def _stream_block(
             boundary = "epoch"
         elif chunk % config.checkpoint_every_steps == 0:
             boundary = "checkpoint"
+    if snapshots_lib.due(session.snapshot_chunks, chunks[0][2], chunks[-1][2]):
+        _snapshot(session, loop, chunks[0], start / n)
     loop, records = session.runner.run_block(loop, chunks)
     if position >= length:
         loop, more = session.runner.finish(loop, chunk - 1)
         records += more
     loop.update(position=np.asarray(position, np.int64), chunk=np.asarray(chunk, np.int64))
     return loop, records, boundary
+
+
+def _snapshot(
+    session: _Session, loop: dict[str, Any], chunk: tuple[np.ndarray, np.ndarray, int], epoch: float
+) -> None:
+    """Saves ``chunk``, the next to train, with the run's decision on it (side time)."""
+    started, compiled = time.perf_counter(), metrics_lib.compile_seconds()
+    kept, losses = session.runner.decide(loop, chunk)
+    indices, weights, number = chunk
+    snapshot = snapshots_lib.Snapshot(
+        chunk=number,
+        step=number + 1,
+        epoch=epoch,
+        images=session.dataset.train_images[indices],
+        labels=session.dataset.train_labels[indices],
+        valid=weights > 0,
+        kept=np.asarray(kept, bool),
+        losses=np.asarray(losses, np.float32),
+    )
+    snapshots_lib.write(session.workdir, snapshot)
+    session.clock.side += time.perf_counter() - started
+    session.clock.side -= metrics_lib.compile_seconds() - compiled
 
 
 def _evaluate_epoch(session: _Session, loop: dict[str, Any], console: Console) -> None:
@@ -404,6 +457,9 @@ def _summary(session: _Session, loop: dict[str, Any]) -> dict[str, Any]:
         "compilations": session.runner.compilations(),
         "history": history,
     }
+    if config.uses_emp:  # The layers its emp/kept_channels/ records name.
+        layers = accounting.emp_layers(config, session.dataset.info)
+        summary["emp"] = {"policy": config.emp.policy, "layers": layers}
     if config.uses_eif:
         fstate = runners.filter_state(loop)
         summary["eif"] = {

@@ -21,7 +21,8 @@ A runner's state is part of the loop state (``initial``), so it is checkpointed 
 rest; ``run_block`` takes a list of ``(indices, weights, chunk)`` (training-set indices
 of a chunk, 1/0 weights marking the padding of a short last chunk, the chunk's number)
 and returns the loop state and ``(chunk, kind, metrics)`` records; ``finish`` ends the
-run after its last chunk.
+run after its last chunk; ``decide`` gives, for a snapshot, the decision the next
+block takes on its first chunk (:mod:`edgefilter.training.snapshots`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 
 from edgefilter import backends, models, select
 from edgefilter import data as data_lib
-from edgefilter.training import budget, eif_runner, pack
+from edgefilter.training import budget, eif_runner, pack, snapshots
 from edgefilter.training import config as config_lib
 from edgefilter.training import engine as engine_lib
 from edgefilter.training import steps as steps_lib
@@ -103,10 +104,39 @@ class EngineRunner:
     ):
         self.config, self.info, self.selector = config, info, selector
         self.dataset, self.root = dataset, root
-        self.block_step = engine_lib.make_block_step(selector, info, xla_cpu=config.xla_cpu)
+        self.block_step = engine_lib.make_block_step(
+            selector, info, xla_cpu=config.xla_cpu, channel_counts=config.uses_emp
+        )
         self.queue_step = None
+        self._decide = None  # Built at the first snapshot (decide).
         if selector.pack_size is not None:
             self.queue_step = engine_lib.make_queue_step(selector, info, xla_cpu=config.xla_cpu)
+
+    def decide(
+        self, loop: dict[str, Any], chunk: tuple[np.ndarray, np.ndarray, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(kept, losses)`` of ``chunk``, the next to train, from the loop state before
+        it: the decision the engine's step takes on it (:mod:`edgefilter.training.snapshots`)."""
+        if self._decide is None:
+            self._decide = snapshots.engine_decision(
+                self.selector, self.info, xla_cpu=self.config.xla_cpu
+            )
+        indices, weights, number = chunk
+        state = engine_lib.EngineState(
+            main=loop["state"], selector=loop["selector"], queue=loop.get("queue")
+        )
+        data = self.dataset
+        return jax.device_get(
+            self._decide(
+                state,
+                data.train_images[indices],
+                data.train_labels[indices],
+                weights > 0,
+                np.int32(number),
+                self.root,
+                indices.astype(np.int32),
+            )
+        )
 
     def initial(self) -> dict[str, Any]:
         """The runner's part of a fresh loop state: the selector's state (and the queue
@@ -235,6 +265,21 @@ class HostQueueRunner:
 
     def __init__(self, runner: eif_runner.EifRunner):
         self.runner = runner
+        self._decide = None  # Built at the first snapshot (decide).
+
+    def decide(
+        self, loop: dict[str, Any], chunk: tuple[np.ndarray, np.ndarray, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(kept, losses)`` of ``chunk``, the next to arrive: the instances the filter
+        predicts high-loss, which join the train queue (:mod:`edgefilter.training.snapshots`)."""
+        runner = self.runner
+        if self._decide is None:
+            xla_cpu = runner.config.xla_cpu
+            self._decide = snapshots.filter_decision(runner.info, runner.fconfig, xla_cpu=xla_cpu)
+        indices, weights, _ = chunk
+        images, labels = runner.dataset.train_images[indices], runner.dataset.train_labels[indices]
+        decided = self._decide(loop["state"], loop["filter"], images, labels, weights > 0)
+        return jax.device_get(decided)
 
     def initial(self) -> dict[str, Any]:
         return self.runner.initial()

@@ -26,6 +26,7 @@ from edgefilter.models.state import TrainState, create_train_state
 from edgefilter.training import config as config_lib
 
 __all__ = [
+    "KEPT_CHANNELS",
     "TrainState",
     "build_model",
     "create_train_state",
@@ -84,6 +85,9 @@ def preprocess(images: jax.Array, info: data_lib.DatasetInfo, key: jax.Array | N
     return x
 
 
+# The prefix of train_step_body's per-layer kept-channel counts (``channel_counts``).
+KEPT_CHANNELS = "kept_channels/"
+
 # What a training forward may write: batch statistics, and the baselines' records and
 # loss terms (stochastic depth's decisions, E2-Train's gates).
 _MUTABLE = ["batch_stats", stochastic_depth.COLLECTION, "losses", selective_layer_update.COLLECTION]
@@ -96,6 +100,8 @@ def train_step_body(
     weights: jax.Array,
     key: jax.Array,
     info: data_lib.DatasetInfo,
+    *,
+    channel_counts: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array], jax.Array]:
     """One SGD step of the main network (not jitted; the jitted steps call it).
 
@@ -103,7 +109,10 @@ def train_step_body(
     ``state.apply_fn`` (whose conv layers may be EMP's pruned ones), and applies the
     optimizer. ``key`` is the run's key: the step uses ``fold_in(key, state.step)``.
     Returns the new state, scalar metrics and the per-instance losses, which the
-    instance filter labels high or low (Eq. 1).
+    instance filter labels high or low (Eq. 1). With ``channel_counts`` the metrics
+    also hold ``kept_channels/<layer>`` for every conv layer: the output channels whose
+    weight gradient this step is not all zero, EMP's kept channels
+    (:func:`edgefilter.emp.kept_channels`; the paper's Fig. 14 plots them).
     """
     # The step's randomness, from the run's key and the step number: no host round trip.
     aug_key, dropout_key = jax.random.split(jax.random.fold_in(key, state.step))
@@ -131,6 +140,9 @@ def train_step_body(
         "loss": loss,
         "accuracy": jnp.sum(correct * (weights > 0)) / jnp.maximum(jnp.sum(weights > 0), 1),
     }
+    if channel_counts:  # Read from the gradients: the backward's own work, no extra pass.
+        counts = emp.kept_channels(grads)
+        metrics.update({f"{KEPT_CHANNELS}{name}": n for name, n in counts.items()})
     if stochastic_depth.COLLECTION in updates:  # Per residual block: bypassed in this step.
         metrics["sd_skipped"] = stochastic_depth.skipped(updates[stochastic_depth.COLLECTION])
     if selective_layer_update.COLLECTION in updates:  # Instance-blocks gated off (computed).
@@ -138,13 +150,16 @@ def train_step_body(
     return state, metrics, per_instance
 
 
-def make_train_step(info: data_lib.DatasetInfo, *, xla_cpu: bool | None = None) -> Callable:
+def make_train_step(
+    info: data_lib.DatasetInfo, *, xla_cpu: bool | None = None, channel_counts: bool = False
+) -> Callable:
     """Returns the jitted ``train_step(state, images, labels, weights, key)``.
 
-    See :func:`train_step_body`; the state's buffers are donated. ``xla_cpu``: the
-    backend switch's compile options (:func:`edgefilter.backends.jit`).
+    See :func:`train_step_body` (and its ``channel_counts``); the state's buffers are
+    donated. ``xla_cpu``: the backend switch's compile options
+    (:func:`edgefilter.backends.jit`).
     """
-    step = functools.partial(train_step_body, info=info)
+    step = functools.partial(train_step_body, info=info, channel_counts=channel_counts)
     return backends.jit(step, xla_cpu=xla_cpu, donate_argnums=0)
 
 
