@@ -108,7 +108,9 @@ def _spied_run(config, workdir, dataset, crash_at=None):
             "make_predict_step",
             lambda *a: _PredictSpy(make_predict(*a), events, crash_at),
         )
-        mp.setattr(eif_training, "make_eif_step", lambda *a: _StepSpy(make_step(*a), events))
+        mp.setattr(
+            eif_training, "make_eif_step", lambda *a, **k: _StepSpy(make_step(*a, **k), events)
+        )
         summary = loop.train_and_evaluate(config, workdir, dataset=dataset, show_progress=False)
     predictions = [r for kind, r in events if kind == "predict"]
     steps = [r for kind, r in events if kind == "step"]
