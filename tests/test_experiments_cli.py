@@ -87,6 +87,7 @@ def test_checked_flags_take_valid_values(tmp_path):
         ("benchmarks.methods", "--repeats=0"),
         ("benchmarks.lenet_throughput", "--threads=-1"),
         ("experiments.compare", "--workdir=/nonexistent/never --bits=7"),
+        ("experiments.compare", "--workdir=/nonexistent/never --config=configs/x.py:sgd"),
         ("experiments.baselines", "--workdir=/nonexistent/never --methods=sgd,no_such_method"),
     ],
 )
