@@ -98,8 +98,9 @@ EMP_KEEP = 0.5
 SGD: Flags = {"method": "sgd"}
 SD: Flags = {"method": "sd", "sd_final_survival": 0.5}
 """Stochastic depth at Huang et al.'s p_L = 0.5: counted 25-27% on the paper's ResNets.
-The paper's "SD 60%" and "SD 50%" are out of reach of linearly decaying survival under
-this count (p_L -> 0 saves about half of the residual blocks' work)."""
+Linearly decaying survival saves at most about half of the residual blocks' work, as
+p_L -> 0 (the last block never trained), so the paper's "SD 60%" is out of its reach
+under this count and "SD 50%" at its limit."""
 SMB: Flags = {"method": "smb", "budget": 0.5}
 """SGD on the first half of SGD's stream, the schedule compressed to it: the paper's "SMB
 50%" (counted 50%)."""
