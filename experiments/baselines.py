@@ -74,6 +74,7 @@ def main(argv: list[str]) -> None:
         cli.fail("--workdir is required: the directory for the runs, the table and figures")
     try:  # Everything that can be wrong with the input fails here, before any output.
         _check_harness_flags()
+        train_cli.refuse_config_file("experiments.baselines")
         budgets = _numbers("budgets", FLAGS.budgets, float)
         seeds = _numbers("seeds", FLAGS.seeds, int)
         base = config_lib.resolve(train_cli.config_from_flags())

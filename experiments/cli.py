@@ -6,8 +6,9 @@ absl exits with status 1 when a flag does not parse; edgefilter's commands exit 
 The run's flags are not written here: :func:`define_config_flags` defines one absl flag
 per entry of ``edgefilter.training.config.FLAGS`` (each a field of the nested
 ``TrainConfig``, with the field's default and help), and :func:`config_from_flags`
-builds the config back from the parsed values. :func:`warn_foreign_flags` names the
-given flags the selected methods do not use (one ``warning:`` line; they are ignored).
+builds the config back from the parsed values (or from a config file's, with the flags
+given over it). :func:`warn_foreign_flags` names the given flags the selected methods
+do not use (one ``warning:`` line; they are ignored).
 The benchmarks' own flags are checked as they are parsed (:func:`check_flag`, with
 :func:`finite_in`, :func:`distinct_choices`, :func:`writable_file`,
 :func:`writable_folder`), so a bad value exits 2 before minutes of work.
@@ -84,9 +85,23 @@ def define_config_flags() -> None:
         _DEFINE[flag.kind](flag.name, default, flag.help)
 
 
-def config_from_flags() -> config_lib.TrainConfig:
-    """The TrainConfig of the parsed flags; ValueError names a bad flag's value."""
-    return config_lib.from_flags({f.name: flags.FLAGS[f.name].value for f in config_lib.FLAGS})
+def config_from_flags(base: config_lib.TrainConfig | None = None) -> config_lib.TrainConfig:
+    """The TrainConfig of the parsed flags; ValueError names a bad flag's value.
+
+    Without ``base``, every flag's value (its default where not given); with ``base`` (a
+    config file's, ``experiments.config_file``), ``base`` with the flags given on the
+    command line over it. The run's length is one setting given either way: ``--epochs``
+    alone replaces ``base``'s ``steps`` too, and ``--steps`` alone its ``epochs``.
+    """
+    if base is None:
+        values = {f.name: flags.FLAGS[f.name].value for f in config_lib.FLAGS}
+        return config_lib.from_flags(values)
+    given = [f for f in config_lib.FLAGS if flags.FLAGS[f.name].present]
+    values = {f.name: flags.FLAGS[f.name].value for f in given}
+    for length, other in (("epochs", "steps"), ("steps", "epochs")):
+        if length in values and other not in values:
+            values[other] = None
+    return config_lib.from_flags(values, base)
 
 
 # --- Checks of the benchmarks' own flags, run when the flags are parsed (exit 2) -------------

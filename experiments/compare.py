@@ -49,6 +49,7 @@ def main(argv: list[str]) -> None:
         return
     try:  # Every variant's settings, workdir and data are checked before any trains.
         comparison.check_variants(FLAGS.variants)
+        train_cli.refuse_config_file("experiments.compare")
         base = config_lib.resolve(train_cli.config_from_flags())
         preflight.check_workdir(FLAGS.workdir)
         dataset = data_lib.load(base.dataset, base.data_dir)

@@ -1,24 +1,17 @@
 """experiments.cli: one line naming the bad value and exit status 2, for every command.
 
-Each command runs as ``python -m <module> <flags>`` does (``runpy.run_module`` as
-``__main__``, its own argv, stderr and exit status) in a process of its own, forked from
-one server process that has imported JAX, absl and edgefilter once: a fresh interpreter
-per command spends about 2 s of CPU on those imports alone. The server never initialises
-a JAX backend (no XLA threads exist when it forks). ``tests/test_experiments_train.py``
-runs ``experiments.train`` as a real ``python -m`` process.
+Each command runs as ``python -m <module> <flags>`` does, forked from one server process
+that has imported JAX, absl and edgefilter once (``conftest.command_server``).
+``tests/test_experiments_train.py`` runs ``experiments.train`` as a real ``python -m``
+process.
 """
-
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 from absl import flags
 
 from experiments import cli
+from tests.conftest import command_server
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_integer("cli_test_count", 1, "A flag for this test only.", lower_bound=1)
 flags.DEFINE_list("cli_test_keeps", ["0.5"], "A list flag for this test only.")
 flags.DEFINE_list("cli_test_names", ["a"], "A list flag for this test only.")
@@ -27,60 +20,12 @@ cli.check_flag("cli_test_keeps", cli.finite_in(0.0, 1.0), "ratios in (0, 1]")
 cli.check_flag("cli_test_names", cli.distinct_choices(("a", "b")), "a, b, once each")
 cli.check_flag("cli_test_output", cli.writable_file, "a file path in a writable folder")
 
-# Reads [module, argv] per line; forks; the child runs the module as __main__ with stderr
-# into a pipe; answers [exit status, stderr] per line.
-_SERVER = r"""
-import json, os, runpy, sys, traceback
-import absl.app, jax, edgefilter, edgefilter.training.loop, experiments.cli  # Once.
-for line in sys.stdin:
-    module, argv = json.loads(line)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        os.dup2(write, 2)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # The answers' channel stays clean.
-        sys.argv = [module, *argv]
-        try:
-            runpy.run_module(module, run_name="__main__", alter_sys=True)
-            status = 0
-        except SystemExit as exit:  # What the interpreter does with it.
-            code = exit.code
-            status = code if isinstance(code, int) else (0 if code is None else 1)
-            if not isinstance(code, (int, type(None))):
-                print(code, file=sys.stderr)
-        except BaseException:
-            traceback.print_exc()
-            status = 1
-        sys.stderr.flush()
-        os._exit(status)
-    os.close(write)
-    with os.fdopen(read) as f:
-        err = f.read()
-    _, wait_status = os.waitpid(pid, 0)
-    print(json.dumps([os.waitstatus_to_exitcode(wait_status), err]), flush=True)
-"""
-
 
 @pytest.fixture(scope="module")
 def run_command():
     """``run_command(module, *argv) -> (exit status, stderr)``, as ``python -m`` would."""
-    server = subprocess.Popen(
-        [sys.executable, "-c", _SERVER],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-
-    def run(module, *argv):
-        server.stdin.write(json.dumps([module, list(argv)]) + "\n")
-        server.stdin.flush()
-        return tuple(json.loads(server.stdout.readline()))
-
-    yield run
-    server.stdin.close()
-    server.wait(timeout=60)
+    with command_server() as run:
+        yield run
 
 
 def test_fail_prints_one_line_and_exits_2(capsys):
@@ -143,6 +88,7 @@ def test_checked_flags_take_valid_values(tmp_path):
         ("benchmarks.methods", "--streams=resnet20_cifar_shaped,mnist"),
         ("benchmarks.lenet_throughput", "--threads=-1"),
         ("experiments.compare", "--workdir=/nonexistent/never --bits=7"),
+        ("experiments.compare", "--workdir=/nonexistent/never --config=configs/x.py:sgd"),
         ("experiments.baselines", "--workdir=/nonexistent/never --methods=sgd,no_such_method"),
     ],
 )
