@@ -62,6 +62,7 @@ _RANGES = {
     "log_every_steps": ["-1"],
     "block_chunks": ["0"],
     "snapshots": ["-1"],
+    "data_parallel": ["0", "9999"],  # 9999: more than the local devices.
     "emp_policy": ["random"],
     "emp_keep": ["0", "1.5"],
     "emp_threshold": ["-1"],

@@ -142,6 +142,7 @@ FLAG_DEFAULTS = {
     "block_chunks": 8,
     "xla_cpu": None,
     "snapshots": 4,
+    "data_parallel": None,
     "emp_policy": "topk",
     "emp_keep": 0.5,
     "emp_threshold": 1.0,

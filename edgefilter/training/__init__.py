@@ -7,6 +7,7 @@ from edgefilter.training import (
     eif_runner,
     loop,
     metrics,
+    parallel,
     steps,
     stream,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "eif_runner",
     "loop",
     "metrics",
+    "parallel",
     "steps",
     "stream",
 ]

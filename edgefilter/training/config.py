@@ -77,6 +77,7 @@ from edgefilter import backends, models
 from edgefilter import data as data_lib
 from edgefilter.method import emp
 from edgefilter.method.instance_filter import CONTROLS, FilterConfig
+from edgefilter.training import parallel
 
 __all__ = [
     "BITS",
@@ -224,6 +225,11 @@ class TrainConfig:
         "keep/drop decision on each instance to <workdir>/snapshots/ (the paper's Fig. 13; "
         "edgefilter.training.snapshots); 0: none.",
         methods=(*EIF_METHODS, *SELECTION_BASELINES),
+    )
+    data_parallel: int | None = setting(
+        None,
+        "Local devices each chunk is split over (a 1-D data mesh; parameters and state "
+        "replicated): default all of them. --batch_size must divide over them.",
     )
     emp: EmpConfig = setting(EmpConfig(), "EMP", methods=EMP_METHODS)
     filter: FilterConfig = setting(FilterConfig(), "EIF", methods=FILTER_FLAG_METHODS)
@@ -392,9 +398,12 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if config.filter.label_rate is None:  # T_l aims at labelling R_set of the stream H.
         filled["filter"] = dataclasses.replace(config.filter, label_rate=config.filter.r_set)
     filled["xla_cpu"] = backends.use_xla_cpu(config.xla_cpu)
+    if config.data_parallel is None:
+        filled["data_parallel"] = parallel.default_devices()
     filled.update(_budget_defaults(config))
     resolved = dataclasses.replace(config, **filled)
     _check_resolved(resolved)
+    _check_data_parallel(resolved)
     return resolved
 
 
@@ -492,6 +501,7 @@ def _check_positive(config: TrainConfig) -> None:
         "log_every_steps",
         "block_chunks",
         "eif_batch_size",
+        "data_parallel",
     ):
         value = getattr(config, name)
         if value is not None and not (
@@ -549,6 +559,36 @@ def _check_resolved(config: TrainConfig) -> None:
             config.eif_probe_size,
             f"at most {limit}: a chunk of --batch_size={config.batch_size} holds {limit} "
             f"instances the filter does not keep (the {train} it keeps are trained)",
+        )
+
+
+def _check_data_parallel(config: TrainConfig) -> None:
+    """The devices exist, a chunk splits evenly over them, and the method runs on the
+    stream engine (the host-queue runner of the argmax rule or another
+    ``--eif_batch_size`` is single-device)."""
+    devices, local = config.data_parallel, parallel.default_devices()
+    if isinstance(devices, bool) or not isinstance(devices, numbers.Integral):
+        _fail("data_parallel", devices, "must be a positive integer")
+    if devices > local:
+        _fail("data_parallel", devices, f"at most {local}, the local devices")
+    if devices == 1:
+        return
+    if config.batch_size % devices:
+        _fail(
+            "batch_size",
+            config.batch_size,
+            f"a chunk of {config.batch_size} does not split over --data_parallel={devices} "
+            "devices; use a multiple of the device count",
+        )
+    if config.uses_eif and (
+        config.filter.control != "quantile"
+        or config.eif_batch_size != max(1, round(config.filter.r_set * config.batch_size))
+    ):
+        _fail(
+            "data_parallel",
+            devices,
+            "--eif_control=argmax and a non-default --eif_batch_size run on one device "
+            "only (their host-side queue); use --data_parallel=1",
         )
 
 

@@ -59,12 +59,13 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+from jax.sharding import Mesh
 
 from edgefilter import backends
 from edgefilter import data as data_lib
 from edgefilter.models.state import TrainState
 from edgefilter.select.base import Choice, Packed, Selector, gather
-from edgefilter.training import pack
+from edgefilter.training import pack, parallel
 from edgefilter.training import steps as steps_lib
 
 __all__ = [
@@ -157,7 +158,11 @@ def select_chunk(
 
 
 def make_chunk_step(
-    selector: Selector, info: data_lib.DatasetInfo, *, channel_counts: bool = False
+    selector: Selector,
+    info: data_lib.DatasetInfo,
+    *,
+    channel_counts: bool = False,
+    mesh: Mesh | None = None,
 ) -> Callable:
     """``chunk_step(state, images, labels, valid, chunk, root, indices=None)``.
 
@@ -169,6 +174,10 @@ def make_chunk_step(
     ``channel_counts`` the metrics hold the main step's per-layer kept channels
     (:func:`edgefilter.training.steps.train_step_body`). Not jitted:
     :func:`make_block_step` scans it, a user's loop may jit it.
+
+    ``mesh``: run data-parallel (:mod:`edgefilter.training.parallel`): the gathered
+    training and probe instances are split over its data axis, so the main network's
+    forward and backward on them are too. None: one device, no constraint.
     """
 
     def chunk_step(
@@ -182,7 +191,9 @@ def make_chunk_step(
     ) -> tuple[EngineState, dict[str, jax.Array]]:
         x = steps_lib.preprocess(images, info, None)
         choice, sel_state = select_chunk(selector, state, x, labels, valid, chunk, root, indices)
-        (train_images, train_labels), (probe_images, probe_labels) = gather(choice, images, labels)
+        (train_images, train_labels), (probe_images, probe_labels) = parallel.constrain_batch(
+            gather(choice, images, labels), mesh
+        )
         probed = jnp.zeros((0,), jnp.float32)
         if selector.probe_size:
             probe_x = steps_lib.preprocess(probe_images, info, None)
@@ -193,7 +204,7 @@ def make_chunk_step(
             state.main,
             train_images,
             train_labels,
-            choice.train_weight,
+            parallel.constrain_batch(choice.train_weight, mesh),
             root,
             info,
             channel_counts=channel_counts,
@@ -215,7 +226,11 @@ def make_chunk_step(
 
 
 def make_queue_step(
-    selector: Selector, info: data_lib.DatasetInfo, *, xla_cpu: bool | None = None
+    selector: Selector,
+    info: data_lib.DatasetInfo,
+    *,
+    xla_cpu: bool | None = None,
+    mesh: Mesh | None = None,
 ) -> Callable:
     """The jitted ``queue_step(state, root) -> (state, metrics)`` of a packing selector.
 
@@ -224,16 +239,19 @@ def make_queue_step(
     its instances; the batch leaves the queue. The caller (the runner, at a block's host
     sync) calls it once for every full batch the queue holds, and once more after the
     run's last chunk if anything is left, whose free rows are then zero-weight padding
-    (computed, so counted).
+    (computed, so counted). ``mesh``: data-parallel, the batch split over its data axis
+    and the state replicated (:mod:`edgefilter.training.parallel`).
     """
     size = selector.pack_size
 
-    @functools.partial(backends.jit, xla_cpu=xla_cpu, donate_argnums=0)
+    @functools.partial(backends.jit, xla_cpu=xla_cpu, donate_argnums=0, **_replicated_out(mesh))
     def queue_step(state: EngineState, root: jax.Array) -> tuple[EngineState, dict[str, jax.Array]]:
         queue = state.queue
         weight = queue.weights[:size]  # Zero past the queue's count (pack.pop).
+        batch = (queue.images[:size], queue.labels[:size], weight)
+        images, labels, weight = parallel.constrain_batch(batch, mesh)
         main, metrics, losses = steps_lib.train_step_body(
-            state.main, queue.images[:size], queue.labels[:size], weight, root, info
+            state.main, images, labels, weight, root, info
         )
         packed = Packed(indices=queue.indices[:size], weight=weight)
         empty = jnp.zeros((0,), jnp.float32)
@@ -254,6 +272,7 @@ def make_block_step(
     xla_cpu: bool | None = None,
     unroll: bool | None = None,
     channel_counts: bool = False,
+    mesh: Mesh | None = None,
 ) -> Callable:
     """The jitted ``block_step(state, images, labels, valid, chunks, root, indices=None)``.
 
@@ -268,11 +287,15 @@ def make_block_step(
     body of a loop (or of a conditional) several times slower than the same operations
     in straight-line code (benchmarks/README.md, "Stream engine"). ``channel_counts``:
     see :func:`make_chunk_step`.
+
+    ``mesh``: data-parallel (:mod:`edgefilter.training.parallel`): the caller places the
+    block's arrays split along ``m`` over the mesh's data axis and the state replicated;
+    the state and the metrics come back replicated. None: one device.
     """
-    chunk_step = make_chunk_step(selector, info, channel_counts=channel_counts)
+    chunk_step = make_chunk_step(selector, info, channel_counts=channel_counts, mesh=mesh)
     unroll_all = backends.use_xla_cpu(xla_cpu) if unroll is None else unroll
 
-    @functools.partial(backends.jit, xla_cpu=xla_cpu, donate_argnums=0)
+    @functools.partial(backends.jit, xla_cpu=xla_cpu, donate_argnums=0, **_replicated_out(mesh))
     def block_step(state, images, labels, valid, chunks, root, indices=None):
         def body(carry, slot):
             images, labels, valid, chunk, indices = slot
@@ -283,3 +306,9 @@ def make_block_step(
         return jax.lax.scan(body, state, slots, unroll=unroll)
 
     return block_step
+
+
+def _replicated_out(mesh: Mesh | None) -> dict[str, Any]:
+    """``jax.jit``'s keyword for a step whose outputs are replicated over ``mesh``: the
+    next call gets its state back with the shardings it was compiled for."""
+    return {} if mesh is None else {"out_shardings": parallel.replicated(mesh)}

@@ -64,6 +64,7 @@ _RESUMABLE_CHANGES = frozenset(
         "xla_cpu",  # The same values either way; checkpoints load in both modes.
         "block_chunks",  # Where blocks end changes no value (training.engine).
         "snapshots",  # Records of decisions, taken beside training (training.snapshots).
+        "data_parallel",  # The same values up to float rounding (training.parallel).
     }
 )
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from edgefilter import backends, models, select
 from edgefilter import data as data_lib
-from edgefilter.training import budget, eif_runner, pack, snapshots
+from edgefilter.training import budget, eif_runner, pack, parallel, snapshots
 from edgefilter.training import config as config_lib
 from edgefilter.training import engine as engine_lib
 from edgefilter.training import steps as steps_lib
@@ -103,14 +103,16 @@ class EngineRunner:
         root: jax.Array,
     ):
         self.config, self.info, self.selector = config, info, selector
-        self.dataset, self.root = dataset, root
+        self.mesh = parallel.data_mesh(config.data_parallel)  # None on one device.
+        self.dataset, self.root = dataset, parallel.replicate(root, self.mesh)
+        options = {"xla_cpu": config.xla_cpu, "mesh": self.mesh}
         self.block_step = engine_lib.make_block_step(
-            selector, info, xla_cpu=config.xla_cpu, channel_counts=config.uses_emp
+            selector, info, channel_counts=config.uses_emp, **options
         )
         self.queue_step = None
         self._decide = None  # Built at the first snapshot (decide).
         if selector.pack_size is not None:
-            self.queue_step = engine_lib.make_queue_step(selector, info, xla_cpu=config.xla_cpu)
+            self.queue_step = engine_lib.make_queue_step(selector, info, **options)
 
     def decide(
         self, loop: dict[str, Any], chunk: tuple[np.ndarray, np.ndarray, int]
@@ -140,7 +142,8 @@ class EngineRunner:
 
     def initial(self) -> dict[str, Any]:
         """The runner's part of a fresh loop state: the selector's state (and the queue
-        of a packing selector: :mod:`edgefilter.training.pack`)."""
+        of a packing selector: :mod:`edgefilter.training.pack`), replicated over the
+        data mesh when there is one."""
         m, shape = self.config.batch_size, self.info.image_shape
         example = np.zeros((m, *shape), np.float32)
         key = jax.random.fold_in(self.root, 2**31 - 1)
@@ -148,7 +151,7 @@ class EngineRunner:
         if self.selector.pack_size is not None:
             size, chunks = self.selector.pack_size, self.config.block_chunks
             out["queue"] = pack.empty(size, m, shape, chunks)
-        return out
+        return parallel.replicate(out, self.mesh)
 
     def run_block(
         self, loop: dict[str, Any], chunks: list[tuple[np.ndarray, np.ndarray, int]]
@@ -170,9 +173,8 @@ class EngineRunner:
             images = self.dataset.train_images[indices].reshape(len(group), m, *shape)
             labels = self.dataset.train_labels[indices].reshape(len(group), m)
             slot_indices = indices.reshape(len(group), m).astype(np.int32)
-            state, metrics = self.block_step(
-                state, images, labels, valid, numbers, self.root, slot_indices
-            )
+            block = parallel.shard_chunks((images, labels, valid, slot_indices), self.mesh)
+            state, metrics = self.block_step(state, *block[:3], numbers, self.root, block[3])
             if self.queue_step is not None:
                 state, metrics = self._train_full_batches(state, metrics)
             outputs.append(metrics)
@@ -342,7 +344,8 @@ class BudgetRunner(EngineRunner):
         numbers = np.asarray([c for _, _, c in group], np.int32)
         images = self.dataset.train_images[indices].reshape(len(group), m, *shape)
         labels = self.dataset.train_labels[indices].reshape(len(group), m)
-        return self.block_step(state, images, labels, valid, numbers, self.root)
+        block = parallel.shard_chunks((images, labels, valid), self.mesh)
+        return self.block_step(state, *block, numbers, self.root)
 
     def run_block(
         self, loop: dict[str, Any], chunks: list[tuple[np.ndarray, np.ndarray, int]]
@@ -427,9 +430,11 @@ def build_runner(
     state = steps_lib.create_train_state(model, tx, init_key, info.image_shape)
     if selector is not None and config.method in ("smd", "sd", "e2train"):
         blocks = models.residual_blocks(config.model)
-        return BudgetRunner(config, info, selector, dataset, root, num_blocks=blocks), state
+        runner = BudgetRunner(config, info, selector, dataset, root, num_blocks=blocks)
+        return runner, parallel.replicate(state, runner.mesh)
     if selector is not None:
-        return EngineRunner(config, info, selector, dataset, root), state
+        runner = EngineRunner(config, info, selector, dataset, root)
+        return runner, parallel.replicate(state, runner.mesh)
     host = eif_runner.EifRunner(config, info, filter_model, dataset, root)
     return HostQueueRunner(host), state
 
