@@ -108,7 +108,8 @@ def test_the_first_cell_of_each_notebook_installs_from_the_repo_url_on_colab_onl
     assert [p.stem for p in notebooks] == ["own_loop", "quickstart", "reproduce"]
     for path in notebooks:
         cells = nbformat.read(path, as_version=4).cells
-        first = next(c for c in cells if c.cell_type == "code")  # After the title.
+        first = cells[0]  # The notebook opens with it, before its title.
+        assert first.cell_type == "code"
         assert re.search(r'^REPO_URL = "https://github\.com/', first.source, re.MULTILINE)
         assert 'if "google.colab" in sys.modules:\n    %pip install -q "git+{REPO_URL}"' in (
             first.source
