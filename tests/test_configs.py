@@ -14,8 +14,10 @@ shrunk run's cost, so not every config runs: :data:`RUNS` holds every method of 
 LeNet row, one ResNet-8 config (EIF, EMP and 8 bits together) and one ResNet-10 config
 (ImageNet-shaped, stochastic depth); on a 2-core VM they take about 40 s of CPU. Each
 VGG config would add over 30 s (VGG-11 shrunk: 37 s at XLA's default -O2, two minutes
-at -O0) and each other ResNet-8 variant 10-30 s; they are resolved and their shrunk
-shapes traced (``preflight.check_run``) only.
+at -O0) and each other ResNet-8 variant 10-30 s; the default suite resolves them and
+traces their shrunk shapes (``preflight.check_run``) only, and
+:func:`test_every_other_config_trains_a_few_steps_shrunk`, marked ``slow`` and so
+deselected by default, runs each of them shrunk: ``pytest -m slow tests/test_configs.py``.
 """
 
 import dataclasses
@@ -28,6 +30,7 @@ import pytest
 
 from edgefilter import data as data_lib
 from edgefilter.method import flops
+from edgefilter.training import budget as budget_lib
 from edgefilter.training import config as config_lib
 from edgefilter.training import preflight
 from edgefilter.training import steps as steps_lib
@@ -231,17 +234,40 @@ def shrunk_run(tmp_path_factory):
         yield shrunk
 
 
-@pytest.mark.parametrize("row, variant", RUNS)
-def test_a_shrunk_config_trains_a_few_steps(shrunk_run, row, variant):
+def check_shrunk_run(shrunk_run, row, variant):
+    """The shrunk run exited 0 and its summary.json records the config's method and bits,
+    the smallest network of its family and :data:`shrink.STEPS` steps of its batch, all
+    streamed (SMB: the first ``--budget`` of them, as it does at full size)."""
     status, err, summary = shrunk_run(row, variant)
     assert status == 0, err
     full = config_file.load(spec(row, variant)).config
     recorded = summary["config"]
     assert recorded["method"] == full.method and recorded["bits"] == full.bits
     assert recorded["model"] == shrink.SMALLEST.get(full.model, full.model)
-    assert summary["instances_streamed"] == shrink.STEPS * shrink.BATCH
+    assert recorded["steps"] == shrink.STEPS
+    streamed = shrink.STEPS * shrink.BATCH
+    if full.method == "smb":
+        budget = config_lib.resolve(full).budget
+        streamed = budget_lib.smb_length(streamed, shrink.BATCH, budget)
+    assert summary["instances_streamed"] == streamed
     assert math.isfinite(summary["compute"]["reduction"])
     assert err.count("warning: shrink: ") == 1
+
+
+@pytest.mark.parametrize("row, variant", RUNS)
+def test_a_shrunk_config_trains_a_few_steps(shrunk_run, row, variant):
+    check_shrunk_run(shrunk_run, row, variant)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row, variant", [run for run in ALL if run not in RUNS])
+def test_every_other_config_trains_a_few_steps_shrunk(shrunk_run, row, variant):
+    """Every config variant :data:`RUNS` leaves out, run shrunk as they are (issue 21: the
+    tests run every config shrunk). Marked ``slow``, so the default command deselects it
+    (pyproject's ``addopts``): 38 runs, nearly all compiling, about 18 minutes on one core
+    (10 with ``-n 2``, VGG's the longest at 30-100 s each). Run it with
+    ``pytest -m slow tests/test_configs.py`` (add ``-n auto`` to spread it over cores)."""
+    check_shrunk_run(shrunk_run, row, variant)
 
 
 def test_the_steady_state_count_is_what_a_run_counts(shrunk_run):
