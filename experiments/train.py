@@ -14,9 +14,16 @@ or one row of the paper's results table from its config file (``experiments/conf
 Every setting of ``edgefilter.training.config.TrainConfig``, the filter's and EMP's
 nested in it included, is a flag (``edgefilter.training.config.FLAGS``; ``--help`` lists
 them); unset hyper-parameters take the paper's settings for the model and dataset.
-Re-running with the same ``--workdir`` resumes the run from its latest checkpoint. A bad
-flag value or a dataset that cannot be had ends with one line on stderr naming the
-problem and exit status 2, before anything is written. A run whose loss or parameters
+Re-running with the same ``--workdir`` resumes the run from its latest checkpoint.
+
+A multi-process run (``jax.distributed``; ``edgefilter.training.multihost``) starts
+this command once per process, with the same flags but ``--process_id``:
+
+  python -m experiments.train --coordinator_address=10.0.0.1:8476 --num_processes=2 \
+      --process_id=0 --workdir=/shared/run ...   # On 10.0.0.1; --process_id=1 on the other.
+
+A bad flag value or a dataset that cannot be had ends with one line on stderr naming
+the problem and exit status 2, before anything is written. A run whose loss or parameters
 become non-finite stops at once with one line and exit status 3 (``summary.json`` says
 where; the last checkpoint is the last finite state). An error writing the workdir (a
 full disk) ends with one line naming the path and exit status 1.
@@ -28,7 +35,7 @@ from absl import app, flags, logging
 
 from edgefilter import data as data_lib
 from edgefilter.training import config as config_lib
-from edgefilter.training import loop, preflight
+from edgefilter.training import loop, multihost, preflight
 from experiments import cli, config_file, shrink
 from experiments.cli import (
     config_from_flags,
@@ -59,6 +66,8 @@ def main(argv: list[str]) -> None:
         fail("--workdir is required: the directory for checkpoints, metrics and summary.json")
     try:  # Everything that can be wrong with the input fails here, before any output.
         config, shrunk = run_config()
+        config_lib.validate(config)  # Before a multi-process run's processes meet.
+        multihost.join(config)
         config = config_lib.resolve(config)
         loop.check_resumable(config, FLAGS.workdir)
         preflight.check_workdir(FLAGS.workdir)
@@ -67,6 +76,7 @@ def main(argv: list[str]) -> None:
         else:
             dataset = data_lib.load(config.dataset, config.data_dir)
         preflight.check_run(config, dataset)  # Its warnings come from the loop.
+        multihost.check_agreement(config)  # Every process passed its checks, alike.
     except (ValueError, data_lib.DataUnavailableError) as e:
         fail(str(e))
     warn_foreign_flags([config.method])
@@ -80,6 +90,8 @@ def main(argv: list[str]) -> None:
         summary = loop.train_and_evaluate(
             config, FLAGS.workdir, dataset=dataset, show_progress=FLAGS.progress
         )
+    if not multihost.is_writer():  # Process 0 of a multi-process run reports.
+        return
     print(
         f"{config.method} {config.model} on {config.dataset}: test accuracy "
         f"{summary['test_accuracy']:.4f}, {summary['instances_trained']} of "

@@ -63,6 +63,10 @@ _RANGES = {
     "block_chunks": ["0"],
     "snapshots": ["-1"],
     "data_parallel": ["0", "9999"],  # 9999: more than the local devices.
+    # Refused before any connection is tried (a valid address would be waited on).
+    "coordinator_address": ["localhost", ":8476", "h:0", "h:65536", "h:port", "::1:8476"],
+    "num_processes": ["0", "-2"],
+    "process_id": ["-1"],
     "emp_policy": ["random"],
     "emp_keep": ["0", "1.5"],
     "emp_threshold": ["-1"],
@@ -109,6 +113,39 @@ def test_invalid_values_of_every_flag_exit_2_with_one_line_and_no_workdir(
     for name, value in _CASES:
         err = _refused(capsys, train.main, [*base, f"--{name}={value}"], workdir)
         assert f"--{name}" in err or value.removeprefix("idx:") in err, err
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (["--num_processes=2", "--process_id=2"], "--process_id=2 is invalid: must lie in [0, "),
+        (["--coordinator_address=10.0.0.1", "--num_processes=2"], "--coordinator_address="),
+    ],
+)
+def test_multi_process_settings_are_refused_before_any_connection(
+    tmp_path, idx_folder, capsys, fresh_flags, given, message
+):
+    workdir = tmp_path / "run"
+    argv = ["experiments.train", f"--dataset=idx:{idx_folder}", f"--workdir={workdir}", *given]
+    err = _refused(capsys, train.main, argv, workdir)
+    assert err.startswith(f"error: {message}"), err
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ("--num_processes=2", "--num_processes=2 is invalid: this process is one of 1, not of 2"),
+        ("--coordinator_address=10.0.0.1:8476", "--coordinator_address='10.0.0.1:8476' is inv"),
+    ],
+)
+def test_compare_refuses_to_run_on_several_processes(
+    tmp_path, idx_folder, capsys, fresh_flags, given, message
+):
+    # It does not join them (experiments.train does): it says so rather than run alone.
+    workdir = tmp_path / "table"
+    argv = ["experiments.compare", f"--dataset=idx:{idx_folder}", f"--workdir={workdir}", given]
+    err = _refused(capsys, compare.main, argv, workdir)
+    assert err.startswith(f"error: {message}") and "multihost.join" in err, err
 
 
 @pytest.mark.parametrize("where", ["file", "under_a_file"])

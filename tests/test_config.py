@@ -143,6 +143,9 @@ FLAG_DEFAULTS = {
     "xla_cpu": None,
     "snapshots": 4,
     "data_parallel": None,
+    "coordinator_address": None,
+    "num_processes": None,
+    "process_id": None,
     "emp_policy": "topk",
     "emp_keep": 0.5,
     "emp_threshold": 1.0,
@@ -298,6 +301,21 @@ def test_uses_emp_and_uses_eif_follow_the_method():
         (dict(sb_staleness=0), "--sb_staleness=0 is invalid: must be a positive integer"),
         (dict(infobatch_prune=0.95), "--infobatch_prune=0.95 is invalid: must lie in [0, 0.9]"),
         (dict(infobatch_delta=1.5), "--infobatch_delta=1.5 is invalid: must lie in [0, 1]"),
+        (dict(num_processes=0), "--num_processes=0 is invalid: must be a positive integer"),
+        (dict(num_processes=2.0), "--num_processes=2.0 is invalid: must be a positive integer"),
+        (dict(process_id=-1), "--process_id=-1 is invalid: must be an integer >= 0"),
+        (
+            dict(num_processes=2, process_id=2),
+            "--process_id=2 is invalid: must lie in [0, --num_processes=2)",
+        ),
+        (dict(coordinator_address="localhost"), "--coordinator_address='localhost' is invalid"),
+        # Valid settings, but this test's process joined no others.
+        (dict(num_processes=2), "--num_processes=2 is invalid: this process is one of 1, not of 2"),
+        (dict(process_id=1), "--process_id=1 is invalid: this process is process 0 of 1"),
+        (
+            dict(coordinator_address="10.0.0.1:8476"),
+            "--coordinator_address='10.0.0.1:8476' is invalid: this process has joined no",
+        ),
     ],
 )
 def test_bad_values_are_rejected_with_one_clear_message(kwargs, message):
@@ -355,4 +373,33 @@ def test_every_flag_has_a_value_once_resolved():
     flat = config_lib.as_flags(config_lib.resolve(TrainConfig()))
     # Settings of other methods.
     unused = ["budget", "smd_skip", "sd_final_survival", "slu_beta", "slu_minimum"]
-    assert [k for k, v in flat.items() if v is None] == ["steps", "data_dir", *unused]
+    single = ["coordinator_address"]  # One process: no coordinator.
+    assert [k for k, v in flat.items() if v is None] == ["steps", "data_dir", *single, *unused]
+
+
+@pytest.mark.parametrize(
+    "address, valid",
+    [
+        ("10.0.0.1:8476", True),
+        ("node-3.cluster.local:1", True),
+        ("[::1]:65535", True),
+        ("localhost", False),
+        ("localhost:", False),
+        (":8476", False),
+        ("localhost:0", False),
+        ("localhost:65536", False),
+        ("localhost:http", False),
+        ("::1:8476", False),  # IPv6 without brackets: where does the port begin?
+        ("[::1:8476", False),
+        ("[]:8476", False),
+        ("local host:8476", False),
+        ("http://10.0.0.1:8476", False),
+    ],
+)
+def test_a_coordinator_address_is_host_colon_port(address, valid):
+    config = TrainConfig(coordinator_address=address)
+    if valid:
+        config_lib.validate(config)  # validate() joins nothing: no connection is tried.
+    else:
+        with pytest.raises(ValueError, match=r"^--coordinator_address=.* is invalid: HOST:PORT"):
+            config_lib.validate(config)

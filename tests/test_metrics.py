@@ -35,6 +35,20 @@ def test_records_are_written_on_flush_in_order(tmp_path):
     assert [r["step"] for r in log.records()] == [1, 2, 3]
 
 
+def test_without_a_workdir_the_records_are_kept_in_memory_and_nothing_is_written(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # Where a relative path would have gone.
+    log = metrics_lib.MetricsLog(None)  # A multi-process run's processes but process 0.
+    log.add(1, {"loss": jnp.asarray(2.5), "counts": jnp.asarray([1, 2])})
+    assert log.records() == []
+    assert log.flush() == {"loss": 2.5, "counts": [1, 2]}
+    log.add(2, {"loss": float("nan")})
+    log.close()
+    assert log.records() == [{"step": 1, "loss": 2.5, "counts": [1, 2]}, {"step": 2, "loss": None}]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_resume_drops_the_records_after_the_checkpoint(tmp_path):
     log = metrics_lib.MetricsLog(str(tmp_path))
     for step in range(1, 11):

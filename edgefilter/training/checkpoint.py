@@ -18,6 +18,12 @@ and why, and then removes the damaged ones, so that the run can write those step
 again and orbax's ``max_to_keep`` never rotates the good one out in their favour. The
 training loop saves only finite states (``training.divergence``), so the last good
 checkpoint is never replaced by a diverged one.
+
+In a multi-process run (:mod:`edgefilter.training.multihost`) every process makes the
+same calls: orbax's own multi-process saving writes each array once (a replicated one
+from one of its copies) and process 0 finalises the step's folder; the manifest is
+written, and damaged checkpoints removed, by process 0 alone, the others waiting for it
+(``jax.experimental.multihost_utils.sync_global_devices``).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 from edgefilter.training import divergence
 
@@ -105,6 +112,12 @@ def _verify(folder: str) -> None:
             raise ValueError(f"{name} changed since it was written (CRC-32 mismatch)")
 
 
+def _all_processes_reach(name: str) -> None:
+    """Waits until every process of a multi-process run has got here (else returns)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
 class NoGoodCheckpoint(ValueError):
     """A workdir has checkpoints, but none restores cleanly."""
 
@@ -168,8 +181,10 @@ class Checkpointer:
                 self._manager.close()
                 self._manager = ocp.CheckpointManager(self.directory, options=self._options)
                 continue
-            for newer in steps[: len(skipped)]:
-                shutil.rmtree(self.path(newer), ignore_errors=True)
+            if jax.process_index() == 0:
+                for newer in steps[: len(skipped)]:
+                    shutil.rmtree(self.path(newer), ignore_errors=True)
+            _all_processes_reach("edgefilter_checkpoint_restored")
             self._manager.reload()
             return tree
         if skipped:
@@ -206,7 +221,9 @@ class Checkpointer:
             if "No space left on device" in str(e) or "os_error_code='28'" in str(e):
                 raise OSError(errno.ENOSPC, "No space left on device", self.directory) from e
             raise
-        _write_manifest(self.path(step))
+        if jax.process_index() == 0:
+            _write_manifest(self.path(step))
+        _all_processes_reach(f"edgefilter_checkpoint_saved_{step}")
 
     def close(self) -> None:
         self._manager.close()

@@ -231,6 +231,23 @@ class TrainConfig:
         "Local devices each chunk is split over (a 1-D data mesh; parameters and state "
         "replicated): default all of them. --batch_size must divide over them.",
     )
+    coordinator_address: str | None = setting(
+        None,
+        "Multi-process run (jax.distributed): HOST:PORT of process 0's coordinator, the "
+        "same for every process. Giving it, --num_processes > 1 or --process_id > 0 joins "
+        "the processes (those not given: JAX's detection from the cluster's environment); "
+        "none of them: one process.",
+    )
+    num_processes: int | None = setting(
+        None,
+        "Multi-process run: how many processes, each with --data_parallel local devices "
+        "(--batch_size must divide over all of them); see --coordinator_address.",
+    )
+    process_id: int | None = setting(
+        None,
+        "Multi-process run: this process's number in [0, --num_processes); process 0 "
+        "writes the workdir. See --coordinator_address.",
+    )
     emp: EmpConfig = setting(EmpConfig(), "EMP", methods=EMP_METHODS)
     filter: FilterConfig = setting(FilterConfig(), "EIF", methods=FILTER_FLAG_METHODS)
     filter_model: str | None = setting(
@@ -401,8 +418,14 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if config.data_parallel is None:
         filled["data_parallel"] = parallel.default_devices()
     filled.update(_budget_defaults(config))
+    index, count, joined = parallel.processes()  # 0, 1, False unless this process joined.
+    if config.num_processes is None:
+        filled["num_processes"] = count
+    if config.process_id is None:
+        filled["process_id"] = index
     resolved = dataclasses.replace(config, **filled)
     _check_resolved(resolved)
+    _check_joined(resolved, index, count, joined)
     _check_data_parallel(resolved)
     return resolved
 
@@ -456,6 +479,7 @@ def validate(config: TrainConfig) -> None:
     _check_probes(config)
     _check_budget(config)
     _check_baselines(config)
+    _check_processes(config)
     _check_finite(config)
 
 
@@ -563,32 +587,104 @@ def _check_resolved(config: TrainConfig) -> None:
 
 
 def _check_data_parallel(config: TrainConfig) -> None:
-    """The devices exist, a chunk splits evenly over them, and the method runs on the
-    stream engine (the host-queue runner of the argmax rule or another
-    ``--eif_batch_size`` is single-device)."""
+    """The devices exist, a chunk splits evenly over them (over every process's, in a
+    multi-process run), and the method runs on the stream engine (the host-queue runner
+    of the argmax rule or another ``--eif_batch_size`` is single-device and
+    single-process)."""
     devices, local = config.data_parallel, parallel.default_devices()
+    processes = config.num_processes
     if isinstance(devices, bool) or not isinstance(devices, numbers.Integral):
         _fail("data_parallel", devices, "must be a positive integer")
     if devices > local:
         _fail("data_parallel", devices, f"at most {local}, the local devices")
-    if devices == 1:
+    if devices * processes == 1:
         return
-    if config.batch_size % devices:
+    if config.batch_size % (devices * processes):
+        over = f"--data_parallel={devices} devices"
+        if processes > 1:
+            over = f"--num_processes={processes} x --data_parallel={devices} devices"
         _fail(
             "batch_size",
             config.batch_size,
-            f"a chunk of {config.batch_size} does not split over --data_parallel={devices} "
-            "devices; use a multiple of the device count",
+            f"a chunk of {config.batch_size} does not split over {over}; use a multiple "
+            "of the device count",
         )
     if config.uses_eif and (
         config.filter.control != "quantile"
         or config.eif_batch_size != max(1, round(config.filter.r_set * config.batch_size))
     ):
+        if processes > 1:
+            _fail(
+                "num_processes",
+                processes,
+                "--eif_control=argmax and a non-default --eif_batch_size run in one process "
+                "only (their host-side queue); use one process",
+            )
         _fail(
             "data_parallel",
             devices,
             "--eif_control=argmax and a non-default --eif_batch_size run on one device "
             "only (their host-side queue); use --data_parallel=1",
+        )
+
+
+def _host_port(address: object) -> bool:
+    """Whether ``address`` is ``HOST:PORT`` (``[IPV6]:PORT``) with PORT in [1, 65535]."""
+    if not isinstance(address, str) or ":" not in address or any(c.isspace() for c in address):
+        return False
+    host, port = address.rsplit(":", 1)
+    if host.startswith("["):
+        bracketed = host.endswith("]") and len(host) > 2
+        host_ok = bracketed and "[" not in host[1:-1] and "]" not in host[1:-1]
+    else:
+        host_ok = bool(host) and not set(host) & set(":[]/")
+    return host_ok and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
+
+
+def _check_processes(config: TrainConfig) -> None:
+    """The multi-process settings, each on its own and together, before any process is
+    joined (``edgefilter.training.multihost``): a connection is never attempted with a
+    value that cannot work."""
+    count, index = config.num_processes, config.process_id
+    integer = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)  # noqa: E731
+    if count is not None and not (integer(count) and count >= 1):
+        _fail("num_processes", count, "must be a positive integer")
+    if index is not None and not (integer(index) and index >= 0):
+        _fail("process_id", index, "must be an integer >= 0")
+    if count is not None and index is not None and index >= count:
+        _fail("process_id", index, f"must lie in [0, --num_processes={count})")
+    address = config.coordinator_address
+    if address is not None and not _host_port(address):
+        _fail(
+            "coordinator_address",
+            address,
+            "HOST:PORT of process 0's coordinator, e.g. 10.0.0.1:8476 or [::1]:8476, "
+            "PORT in [1, 65535]",
+        )
+
+
+def _check_joined(config: TrainConfig, index: int, count: int, joined: bool) -> None:
+    """The process is the one the settings say: joined to ``--num_processes`` processes
+    as ``--process_id`` (``jax.process_count()`` and ``jax.process_index()``), through
+    a coordinator if one is named (``jax.distributed.is_initialized()``)."""
+    how = "edgefilter.training.multihost.join joins them (experiments.train calls it)"
+    if config.coordinator_address is not None and not joined:
+        _fail(
+            "coordinator_address",
+            config.coordinator_address,
+            f"this process has joined no other processes; {how}",
+        )
+    if config.num_processes != count:
+        _fail(
+            "num_processes",
+            config.num_processes,
+            f"this process is one of {count}, not of {config.num_processes}; {how}",
+        )
+    if config.process_id != index:
+        _fail(
+            "process_id",
+            config.process_id,
+            f"this process is process {index} of {count}; {how}",
         )
 
 

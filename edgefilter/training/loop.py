@@ -17,6 +17,12 @@ A run is determined by its config: the stream order comes from ``(seed, epoch)``
 the per-step randomness from ``fold_in(seed, step)``, and the whole loop state is one
 checkpointed pytree, so a run resumed from its workdir (also after SIGKILL) ends with
 the same parameters as an uninterrupted one.
+
+A multi-process run (:mod:`edgefilter.training.multihost`) runs this loop in every
+process on the same stream: every process computes every chunk's stream indices and
+gathers its own rows of it (:mod:`edgefilter.training.parallel`), evaluates, and takes
+part in each checkpoint; process 0 alone writes the workdir's other files and shows
+progress.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from edgefilter import data as data_lib
-from edgefilter.training import accounting, divergence, preflight, runners
+from edgefilter.training import accounting, divergence, multihost, preflight, runners
 from edgefilter.training import budget as budget_lib
 from edgefilter.training import checkpoint as checkpoint_lib
 from edgefilter.training import config as config_lib
@@ -65,6 +71,9 @@ _RESUMABLE_CHANGES = frozenset(
         "block_chunks",  # Where blocks end changes no value (training.engine).
         "snapshots",  # Records of decisions, taken beside training (training.snapshots).
         "data_parallel",  # The same values up to float rounding (training.parallel).
+        "num_processes",  # The same, over more devices (training.multihost).
+        "process_id",  # config.json is process 0's; the others' differ here alone.
+        "coordinator_address",  # Where the processes meet, not what they compute.
     }
 )
 
@@ -131,6 +140,12 @@ def train_and_evaluate(
     Returns:
       The summary written to ``summary.json``, plus the final ``state`` (and ``filter``).
 
+    A config with multi-process settings first joins the run's other processes
+    (:func:`edgefilter.training.multihost.join`); each of them calls this function with
+    the same settings but ``process_id``, and only process 0 writes ``workdir``'s files
+    besides the checkpoints (the others return their summary, with this session's
+    history only).
+
     Raises:
       ValueError: for an invalid config, a workdir that cannot be written or holds
         another run, or data the run cannot train on (``training.preflight``).
@@ -140,26 +155,31 @@ def train_and_evaluate(
         stopped at once, ``summary.json`` says so (``"diverged"``) and no checkpoint
         holds a non-finite value.
     """
+    multihost.join(config)
     config = config_lib.resolve(config)
     check_resumable(config, workdir)
     preflight.check_workdir(workdir)
+    writer = multihost.is_writer()
     if dataset is None:
         dataset = data_lib.load(config.dataset, config.data_dir)
     for warning in preflight.check_run(config, dataset):
         logging.warning("%s", warning)
+    multihost.check_agreement(config)  # Every process passed its checks, alike.
     num_train = len(dataset.train_images)
     reference = preflight.stream_length(config, num_train)  # SGD's: costs are against it.
     length = reference
     if config.method == "smb":  # The first budget of SGD's stream (training.budget).
         length = budget_lib.smb_length(reference, config.batch_size, config.budget)
     runner, state = runners.build_runner(config, dataset, length)
-    loop, checkpointer = _open_workdir(config, workdir, initial_loop(state, runner))
+    loop, checkpointer = _open_workdir(config, workdir, initial_loop(state, runner), writer)
     session = _Session(
         config=config,
         dataset=dataset,
         runner=runner,
         stream=stream_lib.Stream(config.seed, num_train, length),
-        metrics_log=metrics_lib.MetricsLog(workdir, resume_step=int(loop["chunk"])),
+        metrics_log=metrics_lib.MetricsLog(
+            workdir if writer else None, resume_step=int(loop["chunk"])
+        ),
         checkpointer=checkpointer,
         eval_step=train_lib.make_eval_step(dataset.info, xla_cpu=config.xla_cpu),
         clock=_Clock.resume(loop),
@@ -168,19 +188,23 @@ def train_and_evaluate(
         snapshot_chunks=snapshots_lib.targets(
             -(-length // config.batch_size), snapshots_lib.count(config)
         ),
+        writer=writer,
     )
     try:
-        with metrics_lib.progress_bar(show_progress) as progress:
+        with metrics_lib.progress_bar(show_progress if writer else False) as progress:
             loop = _train_stream(session, loop, progress)
     except divergence.Diverged as diverged:
         session.metrics_log.close()
         checkpointer.close()
-        _write_json_atomic(os.path.join(workdir, "summary.json"), _diverged(session, diverged))
+        if writer:
+            summary = _diverged(session, diverged)
+            _write_json_atomic(os.path.join(workdir, "summary.json"), summary)
         raise
     checkpointer.close()
     session.metrics_log.close()
     summary = _summary(session, loop)
-    _write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    if writer:
+        _write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     summary["state"] = loop["state"]
     if config.uses_eif:
         summary["filter"] = runners.filter_state(loop)
@@ -188,11 +212,13 @@ def train_and_evaluate(
 
 
 def _open_workdir(
-    config: config_lib.TrainConfig, workdir: str, loop: dict[str, Any]
+    config: config_lib.TrainConfig, workdir: str, loop: dict[str, Any], writer: bool
 ) -> tuple[dict[str, Any], checkpoint_lib.Checkpointer]:
-    """Records the config (``workdir`` was checked to hold no other run), restores the loop."""
+    """Records the config (``workdir`` was checked to hold no other run; the writing
+    process only), restores the loop."""
     os.makedirs(workdir, exist_ok=True)
-    _write_json_atomic(os.path.join(workdir, "config.json"), config_lib.as_flags(config))
+    if writer:
+        _write_json_atomic(os.path.join(workdir, "config.json"), config_lib.as_flags(config))
     checkpointer = checkpoint_lib.Checkpointer(workdir)
     restored = checkpointer.restore(loop)  # The newest that restores cleanly.
     return (loop if restored is None else restored), checkpointer
@@ -243,6 +269,7 @@ class _Session:
     reference_length: int  # SGD's stream, against which the compute is counted.
     workdir: str
     snapshot_chunks: tuple[int, ...]  # Chunks whose decision is saved (training.snapshots).
+    writer: bool = True  # Writes the workdir's files: process 0 of a multi-process run.
 
     @property
     def num_train(self) -> int:
@@ -352,19 +379,20 @@ def _snapshot(
 ) -> None:
     """Saves ``chunk``, the next to train, with the run's decision on it (side time)."""
     started, compiled = time.perf_counter(), metrics_lib.compile_seconds()
-    kept, losses = session.runner.decide(loop, chunk)
+    kept, losses = session.runner.decide(loop, chunk)  # Every process takes part.
     indices, weights, number = chunk
-    snapshot = snapshots_lib.Snapshot(
-        chunk=number,
-        step=number + 1,
-        epoch=epoch,
-        images=session.dataset.train_images[indices],
-        labels=session.dataset.train_labels[indices],
-        valid=weights > 0,
-        kept=np.asarray(kept, bool),
-        losses=np.asarray(losses, np.float32),
-    )
-    snapshots_lib.write(session.workdir, snapshot)
+    if session.writer:
+        snapshot = snapshots_lib.Snapshot(
+            chunk=number,
+            step=number + 1,
+            epoch=epoch,
+            images=session.dataset.train_images[indices],
+            labels=session.dataset.train_labels[indices],
+            valid=weights > 0,
+            kept=np.asarray(kept, bool),
+            losses=np.asarray(losses, np.float32),
+        )
+        snapshots_lib.write(session.workdir, snapshot)
     session.clock.side += time.perf_counter() - started
     session.clock.side -= metrics_lib.compile_seconds() - compiled
 
@@ -387,11 +415,12 @@ def _evaluate_epoch(session: _Session, loop: dict[str, Any], console: Console) -
     }
     session.metrics_log.add(int(loop["chunk"]), result)
     session.metrics_log.flush()
-    console.print(
-        f"epoch {result['epoch']:.2f}: test accuracy {result['test_accuracy']:.4f}, "
-        f"loss {result['test_loss']:.4f}, trained {int(loop['trained'])} of "
-        f"{position} instances"
-    )
+    if session.writer:
+        console.print(
+            f"epoch {result['epoch']:.2f}: test accuracy {result['test_accuracy']:.4f}, "
+            f"loss {result['test_loss']:.4f}, trained {int(loop['trained'])} of "
+            f"{position} instances"
+        )
     # Evaluation time, less its compilation (which compile_time counts).
     session.clock.side += time.perf_counter() - started
     session.clock.side -= metrics_lib.compile_seconds() - compiled

@@ -33,11 +33,20 @@ from edgefilter.training import divergence
 
 class MetricsLog:
     """Appends ``{"step": s, **metrics}`` records to ``<workdir>/metrics.jsonl`` and
-    their scalars to TensorBoard event files in ``workdir``; :meth:`close` ends both."""
+    their scalars to TensorBoard event files in ``workdir``; :meth:`close` ends both.
 
-    def __init__(self, workdir: str, resume_step: int = 0):
-        self.path = os.path.join(workdir, "metrics.jsonl")
+    With ``workdir=None`` (a process of a multi-process run other than process 0, which
+    writes the files) the records are kept in memory, this session's only, and nothing
+    is written.
+    """
+
+    def __init__(self, workdir: str | None, resume_step: int = 0):
         self._pending: list[tuple[int, dict[str, Any]]] = []
+        self._memory: list[dict[str, Any]] | None = None
+        if workdir is None:
+            self.path, self._events, self._memory = None, None, []
+            return
+        self.path = os.path.join(workdir, "metrics.jsonl")
         resuming = os.path.exists(self.path)
         if resuming:
             # Records written after the checkpoint we resume from are replayed: drop them.
@@ -64,6 +73,8 @@ class MetricsLog:
         A last line cut short (a kill or a full disk while it was written) is dropped;
         a damaged line before it raises ValueError naming the file and line.
         """
+        if self._memory is not None:
+            return [json.loads(_line(r)) for r in self._memory]
         if not os.path.exists(self.path):
             return []
         with open(self.path) as f:
@@ -83,22 +94,33 @@ class MetricsLog:
         if not self._pending:
             return {}
         fetched = jax.device_get(self._pending)
-        with open(self.path, "a") as f:
-            for step, metrics in fetched:
-                record = {"step": int(step), **{k: _to_json(v) for k, v in metrics.items()}}
-                f.write(_line(record))
-                for name, value in record.items():
-                    # Non-finite values are null in the JSON lines and left out here.
-                    if name != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                        self._events.add_scalar(name, value, int(step))
-        self._events.flush()
+        records = [
+            {"step": int(step), **{k: _to_json(v) for k, v in metrics.items()}}
+            for step, metrics in fetched
+        ]
+        if self._memory is not None:
+            self._memory.extend(records)
+        else:
+            with open(self.path, "a") as f:
+                for record in records:
+                    f.write(_line(record))
+                    for name, value in record.items():
+                        # Non-finite values are null in the JSON lines and left out here.
+                        if (
+                            name != "step"
+                            and isinstance(value, int | float)
+                            and math.isfinite(value)
+                        ):
+                            self._events.add_scalar(name, value, record["step"])
+            self._events.flush()
         self._pending.clear()
         return {k: _to_json(v) for k, v in fetched[-1][1].items()}
 
     def close(self) -> None:
         """Writes what is queued and closes the event file."""
         self.flush()
-        self._events.close()
+        if self._events is not None:
+            self._events.close()
 
 
 _COMPILE_EVENTS = (

@@ -15,6 +15,17 @@ probing are constrained to the data axis too (:func:`constrain_batch`), so the m
 network's forward and backward are split, not repeated on every device; a count that
 does not divide over the devices is padded by XLA.
 
+**Several processes** (``jax.distributed``, joined by
+:mod:`edgefilter.training.multihost`): the mesh spans ``devices`` local devices of every
+process, ordered by process, then by device id, so the chunk's instance axis is split
+first over the processes, then over each process's devices. With ``P`` processes of
+``D`` devices, process ``p`` holds instances ``[p m/P, (p+1) m/P)`` of every chunk
+(:func:`local_rows`), its ``d``-th device ``m/(P D)`` of those in order. Each process
+gathers only its own rows of each chunk and :func:`shard_chunks` assembles the global
+block from every process's rows (``jax.make_array_from_process_local_data``); the
+program, and so every value it computes, is the one-process program on the whole chunk,
+with XLA's collectives (gloo on CPU) between the processes.
+
 Nothing here holds state: the mesh is built from the run's config
 (``TrainConfig.data_parallel``) and passed to whatever places arrays.
 """
@@ -33,6 +44,8 @@ __all__ = [
     "constrain_batch",
     "data_mesh",
     "default_devices",
+    "local_rows",
+    "processes",
     "replicate",
     "replicated",
     "shard_chunks",
@@ -46,8 +59,15 @@ def default_devices() -> int:
     return jax.local_device_count()
 
 
+def processes() -> tuple[int, int, bool]:
+    """``(this process's index, number of processes, whether it joined any)``:
+    ``(0, 1, False)`` unless the process joined others (``jax.distributed``)."""
+    return jax.process_index(), jax.process_count(), jax.distributed.is_initialized()
+
+
 def data_mesh(devices: int) -> Mesh | None:
-    """A 1-D ``"data"`` mesh over the first ``devices`` local devices; None for one.
+    """A 1-D ``"data"`` mesh over the first ``devices`` local devices of every process
+    (process 0's first, see the module doc); None for one device in one process.
 
     With one device the engine runs as it always has (no mesh, no sharding), so a
     one-device run computes exactly what it did before data parallelism existed.
@@ -58,9 +78,28 @@ def data_mesh(devices: int) -> Mesh | None:
     local = jax.local_devices()
     if not 1 <= devices <= len(local):
         raise ValueError(f"{devices} devices asked for, {len(local)} local devices exist")
-    if devices == 1:
-        return None
-    return Mesh(np.asarray(local[:devices]), (DATA_AXIS,))
+    if jax.process_count() == 1:
+        return None if devices == 1 else Mesh(np.asarray(local[:devices]), (DATA_AXIS,))
+    everywhere = jax.devices()  # Each process's in the order of its jax.local_devices().
+    chosen = [
+        d
+        for process in range(jax.process_count())
+        for d in [d for d in everywhere if d.process_index == process][:devices]
+    ]
+    return Mesh(np.asarray(chosen), (DATA_AXIS,))
+
+
+def local_rows(mesh: Mesh | None, chunk_size: int) -> slice:
+    """The instances of every chunk of ``chunk_size`` that this process's devices hold:
+    all of them in one process; process ``p`` of ``P``: ``[p m/P, (p+1) m/P)``."""
+    if mesh is None or not mesh.is_multi_process:
+        return slice(0, chunk_size)
+    held = NamedSharding(mesh, P(DATA_AXIS)).addressable_devices_indices_map((chunk_size,))
+    starts = sorted(index[0].indices(chunk_size)[:2] for index in held.values())
+    for (_, stop), (start, _) in zip(starts, starts[1:], strict=False):
+        if stop != start:
+            raise ValueError(f"this process's rows {starts} of a chunk are not contiguous")
+    return slice(starts[0][0], starts[-1][1])
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -71,25 +110,48 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def replicate(tree: Any, mesh: Mesh | None) -> Any:
     """``tree`` with its ``jax.Array`` leaves replicated over ``mesh`` (None: unchanged).
 
-    NumPy leaves (the loop state's host counters) stay on the host.
+    NumPy leaves (the loop state's host counters) stay on the host. Over several
+    processes each leaf is placed from this process's copy of it (every process holds
+    the same values: they come from the same seed), a PRNG key through its key data.
     """
     if mesh is None:
         return tree
     sharding = replicated(mesh)
-    return jax.tree.map(
-        lambda x: jax.device_put(x, sharding) if isinstance(x, jax.Array) else x, tree
-    )
+    if not mesh.is_multi_process:
+        return jax.tree.map(
+            lambda x: jax.device_put(x, sharding) if isinstance(x, jax.Array) else x, tree
+        )
+
+    def place(x: Any) -> Any:
+        if not isinstance(x, jax.Array):
+            return x
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = place(jax.random.key_data(x))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x), x.shape)
+
+    return jax.tree.map(place, tree)
 
 
 def shard_chunks(arrays: Any, mesh: Mesh | None) -> Any:
-    """Host arrays ``[B, m, ...]`` (a block of chunks) split along ``m`` over ``mesh``.
+    """Host arrays ``[B, rows, ...]`` (this process's rows of a block of chunks,
+    :func:`local_rows`) as global arrays ``[B, m, ...]`` split along ``m`` over ``mesh``.
 
-    None leaves stay None; with no mesh the arrays are returned as given.
+    In one process the rows are the whole chunk. None leaves stay None; with no mesh
+    the arrays are returned as given.
     """
     if mesh is None:
         return arrays
     sharding = NamedSharding(mesh, P(None, DATA_AXIS))
-    return jax.tree.map(lambda x: jax.device_put(x, sharding), arrays)
+    if not mesh.is_multi_process:
+        return jax.tree.map(lambda x: jax.device_put(x, sharding), arrays)
+    share = mesh.size // len(mesh.local_devices)  # Global rows per local row.
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(
+            sharding, x, (x.shape[0], x.shape[1] * share, *x.shape[2:])
+        ),
+        arrays,
+    )
 
 
 def constrain_batch(tree: Any, mesh: Mesh | None) -> Any:

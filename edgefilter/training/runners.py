@@ -105,6 +105,7 @@ class EngineRunner:
         self.config, self.info, self.selector = config, info, selector
         self.mesh = parallel.data_mesh(config.data_parallel)  # None on one device.
         self.dataset, self.root = dataset, parallel.replicate(root, self.mesh)
+        self._init_key = jax.random.fold_in(root, 2**31 - 1)  # On one device (initial).
         options = {"xla_cpu": config.xla_cpu, "mesh": self.mesh}
         self.block_step = engine_lib.make_block_step(
             selector, info, channel_counts=config.uses_emp, **options
@@ -143,11 +144,11 @@ class EngineRunner:
     def initial(self) -> dict[str, Any]:
         """The runner's part of a fresh loop state: the selector's state (and the queue
         of a packing selector: :mod:`edgefilter.training.pack`), replicated over the
-        data mesh when there is one."""
+        data mesh when there is one. It is made on one device, then replicated, as the
+        main network's is (:func:`build_runner`): the same values, a one-device program."""
         m, shape = self.config.batch_size, self.info.image_shape
         example = np.zeros((m, *shape), np.float32)
-        key = jax.random.fold_in(self.root, 2**31 - 1)
-        out = {"selector": self.selector.init(key, example)}
+        out = {"selector": self.selector.init(self._init_key, example)}
         if self.selector.pack_size is not None:
             size, chunks = self.selector.pack_size, self.config.block_chunks
             out["queue"] = pack.empty(size, m, shape, chunks)
@@ -159,7 +160,6 @@ class EngineRunner:
         """The chunks through the stream engine: one dispatch for a full block, else one
         per chunk; one host sync either way (a packing selector adds one per dispatch,
         to read its queue's count, and one dispatch per full batch)."""
-        m, shape = self.config.batch_size, self.info.image_shape
         full = len(chunks) == self.config.block_chunks
         groups = [chunks] if full else [[c] for c in chunks]
         state = engine_lib.EngineState(
@@ -167,13 +167,7 @@ class EngineRunner:
         )
         outputs = []
         for group in groups:
-            indices = np.stack([idx for idx, _, _ in group]).reshape(-1)
-            valid = np.stack([w > 0 for _, w, _ in group])
-            numbers = np.asarray([c for _, _, c in group], np.int32)
-            images = self.dataset.train_images[indices].reshape(len(group), m, *shape)
-            labels = self.dataset.train_labels[indices].reshape(len(group), m)
-            slot_indices = indices.reshape(len(group), m).astype(np.int32)
-            block = parallel.shard_chunks((images, labels, valid, slot_indices), self.mesh)
+            block, numbers = self._gather(group)
             state, metrics = self.block_step(state, *block[:3], numbers, self.root, block[3])
             if self.queue_step is not None:
                 state, metrics = self._train_full_batches(state, metrics)
@@ -189,6 +183,26 @@ class EngineRunner:
         if state.queue is not None:
             loop["queue"] = state.queue
         return loop, _records(metrics, [c for _, _, c in chunks])
+
+    def _gather(
+        self, group: list[tuple[np.ndarray, np.ndarray, int]]
+    ) -> tuple[tuple[jax.Array, ...], np.ndarray]:
+        """The chunks of ``group`` as the block step takes them: ``(images, labels, valid,
+        indices)`` ``[B, m, ...]`` placed over the mesh, and the chunks' numbers.
+
+        Only this process's rows of each chunk are read from the dataset
+        (:func:`~edgefilter.training.parallel.local_rows`: all of them in one process).
+        """
+        m, shape = self.config.batch_size, self.info.image_shape
+        rows = parallel.local_rows(self.mesh, m)
+        indices = np.stack([idx for idx, _, _ in group])[:, rows]
+        valid = np.stack([w > 0 for _, w, _ in group])[:, rows]
+        numbers = np.asarray([c for _, _, c in group], np.int32)
+        flat = indices.reshape(-1)
+        images = self.dataset.train_images[flat].reshape(*indices.shape, *shape)
+        labels = self.dataset.train_labels[flat].reshape(indices.shape)
+        local = (images, labels, valid, indices.astype(np.int32))
+        return parallel.shard_chunks(local, self.mesh), numbers
 
     def _train_full_batches(
         self, state: engine_lib.EngineState, metrics: dict[str, jax.Array]
@@ -338,14 +352,8 @@ class BudgetRunner(EngineRunner):
     def _dispatch(
         self, state: engine_lib.EngineState, group: list[tuple[np.ndarray, np.ndarray, int]]
     ) -> tuple[engine_lib.EngineState, dict[str, Any]]:
-        m, shape = self.config.batch_size, self.info.image_shape
-        indices = np.stack([idx for idx, _, _ in group]).reshape(-1)
-        valid = np.stack([w > 0 for _, w, _ in group])
-        numbers = np.asarray([c for _, _, c in group], np.int32)
-        images = self.dataset.train_images[indices].reshape(len(group), m, *shape)
-        labels = self.dataset.train_labels[indices].reshape(len(group), m)
-        block = parallel.shard_chunks((images, labels, valid), self.mesh)
-        return self.block_step(state, *block, numbers, self.root)
+        block, numbers = self._gather(group)
+        return self.block_step(state, *block[:3], numbers, self.root)
 
     def run_block(
         self, loop: dict[str, Any], chunks: list[tuple[np.ndarray, np.ndarray, int]]
