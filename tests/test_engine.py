@@ -144,6 +144,7 @@ def _config(**overrides):
         ({"method": "eif_emp"}, runners.EngineRunner),
         ({"eif_control": "argmax"}, runners.HostQueueRunner),
         ({"eif_batch_size": 32}, runners.HostQueueRunner),
+        ({"eif_history": True}, runners.EngineRunner),
     ],
 )
 def test_each_method_gets_its_runner(tiny_dataset, overrides, runner):

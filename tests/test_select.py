@@ -134,6 +134,44 @@ def test_eif_observe_is_instance_filter_update_then_end_window_every_n_chunks():
     assert observe._cache_size() == 1  # One compilation for both chunks.
 
 
+def test_loss_history_keeps_the_largest_rank_sums_and_records_the_losses_it_learns():
+    margins = [0.5, 2.0, -1.0, 1.0, 0.0, 3.0]  # ranks in the chunk: 2, 4, 0, 3, 1, 5
+    config = instance_filter.FilterConfig(r_set=0.5, entropy_threshold=0.0)
+    inner = select_lib.eif(
+        FirstPixelFilter(), optax.sgd(0.1), config, chunk_size=6, probe_size=1, random_probes=1
+    )
+    sel = select_lib.with_loss_history(inner, num_train=20)
+    assert sel.needs_indices and (sel.train_size, sel.probe_size) == (3, 1)
+    x, indices = _chunk(margins), jnp.arange(10, 16, dtype=jnp.int32)
+    history = np.full(20, -1.0, np.float32)  # -1: never recorded.
+    history[[10, 11, 13, 14, 15]] = [2.5, 0.1, 0.2, 0.3, 0.4]  # 12 unseen: ranks first.
+    state = sel.init(jax.random.key(0), x).replace(losses=jnp.asarray(history))
+    choice, state = jax.jit(sel.select)(state, x, jax.random.key(1), indices=indices)
+    # History ranks 4, 0, 5, 1, 2, 3; rank sums 6, 4, 5, 4, 3, 8: slots 5, 0, 2 are kept
+    # (the margins alone would keep 5, 1, 3).
+    np.testing.assert_array_equal(np.sort(np.asarray(choice.train_idx)), [0, 2, 5])
+    assert int(choice.probe_idx[0]) in (1, 3, 4)  # The random predicted-L probe.
+    train_losses, probe_losses = jnp.asarray([0.7, 0.8, 0.9]), jnp.asarray([0.05])
+    state, metrics = sel.observe(state, x, choice, train_losses, probe_losses)
+    expected = history.copy()
+    expected[10 + np.asarray(choice.train_idx)] = [0.7, 0.8, 0.9]
+    expected[10 + np.asarray(choice.probe_idx)] = 0.05
+    np.testing.assert_array_equal(state.losses, expected)
+    assert int(metrics["trained"]) == 3 and int(state.inner.chunk) == 1
+
+
+def test_loss_history_records_nothing_for_padding_slots():
+    config = instance_filter.FilterConfig(r_set=0.5, entropy_threshold=0.0)
+    inner = select_lib.eif(FirstPixelFilter(), optax.sgd(0.1), config, chunk_size=6, probe_size=2)
+    sel = select_lib.with_loss_history(inner, num_train=6)
+    x = _chunk([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
+    valid = jnp.asarray([False, False, False, False, True, True])  # A short last chunk.
+    state = sel.init(jax.random.key(0), x)
+    choice, state = sel.select(state, x, jax.random.key(1), valid, indices=jnp.arange(6))
+    state, _ = sel.observe(state, x, choice, jnp.full(3, 0.5), jnp.full(2, 0.25))
+    np.testing.assert_array_equal(state.losses, [-1, -1, -1, -1, 0.5, 0.5])
+
+
 def test_uniform_selects_r_set_of_the_valid_instances_without_repeats():
     sel = select_lib.uniform(0.3, chunk_size=64)
     state = sel.init(jax.random.key(0), jnp.zeros((64, 1)))

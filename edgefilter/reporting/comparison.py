@@ -54,6 +54,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "eif_weighted": False,
     },
     "eif_no_uncertainty": {"method": "eif", "eif_uncertainty": False},
+    # Beyond the paper (issue 19): the filter's ranking joined by each instance's last
+    # recorded loss (select.with_loss_history).
+    "eif_history": {"method": "eif", "eif_history": True},
+    "eif_emp_history": {"method": "eif_emp", "eif_history": True},
     # The paper's schedule- and model-level baselines at their sources' defaults: SMB at
     # budget 0.5, SMD skipping half the mini-batches, SD with p_L = 0.5 (ResNets), E2-Train
     # (SMD + SLU; CIFAR ResNets). training.budget, models.stochastic_depth, ...

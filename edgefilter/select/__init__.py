@@ -3,6 +3,8 @@
 See :mod:`edgefilter.select.base` for the contract. Implementations:
 
 * :func:`eif`: the paper's early instance filter (Eq. 1-7), quantile control.
+* :func:`with_loss_history`: EIF ranked together with each instance's last recorded
+  main-network loss (issue 19; not in the paper).
 * :func:`uniform`: a uniform random ``r_set`` of each chunk (the no-skill baseline).
 * :func:`everything`: every instance (standard SGD, and EMP, through the same engine).
 * :func:`oracle`, :func:`ohem`: the highest-loss ``r_set`` of each chunk by the main
@@ -17,6 +19,7 @@ from edgefilter.select.base import Choice, Packed, Selector, gather
 from edgefilter.select.eif import EifState, eif
 from edgefilter.select.everything import everything
 from edgefilter.select.infobatch import InfoBatchState, infobatch
+from edgefilter.select.loss_history import LossHistoryState, with_loss_history
 from edgefilter.select.selective_backprop import SbState, selective_backprop
 from edgefilter.select.top_loss import TopLossState, ohem, oracle
 from edgefilter.select.uniform import uniform
@@ -25,6 +28,7 @@ __all__ = [
     "Choice",
     "EifState",
     "InfoBatchState",
+    "LossHistoryState",
     "Packed",
     "SbState",
     "Selector",
@@ -37,4 +41,5 @@ __all__ = [
     "oracle",
     "selective_backprop",
     "uniform",
+    "with_loss_history",
 ]

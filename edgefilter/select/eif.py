@@ -4,7 +4,10 @@ Everything the method needs lives inside the three functions, so a user's loop c
 forget a part:
 
 * ``select``: the filter's forward on the chunk; the ``train_size = round(R_set * m)``
-  instances with the largest margin ``logit_H - logit_L`` are predicted H and trained on
+  instances with the largest margin ``logit_H - logit_L`` (or, given a ``prior`` score
+  per instance, the largest sum of the margin's rank and the prior's rank within the
+  chunk: :func:`edgefilter.select.with_loss_history`, not in the paper) are predicted H
+  and trained on
   (quantile control, ``instance_filter``'s module doc: the kept fraction is ``R_set`` by
   construction); the prediction entropy (Eq. 4) marks uncertain predicted-L instances
   (Eq. 5). Probe slots: ``random_probes`` predicted-L instances drawn uniformly at random
@@ -106,7 +109,11 @@ def eif(
         )
 
     def select(
-        state: EifState, x: jax.Array, key: jax.Array, valid: jax.Array | None = None
+        state: EifState,
+        x: jax.Array,
+        key: jax.Array,
+        valid: jax.Array | None = None,
+        prior: jax.Array | None = None,
     ) -> tuple[Choice, EifState]:
         if valid is None:
             valid = jnp.ones((chunk_size,), bool)
@@ -114,7 +121,8 @@ def eif(
         variables = {"params": net.params, "batch_stats": net.batch_stats}
         logits = net.apply_fn(variables, x, train=False).astype(jnp.float32)
         margin = logits[:, 1] - logits[:, 0]
-        train_idx, train_valid = top_slots(margin, valid, train_size)
+        score = margin if prior is None else _rank(margin) + _rank(prior)
+        train_idx, train_valid = top_slots(score, valid, train_size)
         pred_high = jnp.zeros((chunk_size,), bool).at[train_idx].set(train_valid)
         entropy = eif_lib.prediction_entropy(jax.nn.softmax(logits))  # Eq. 4
         uncertain = eif_lib.uncertainty_mask(pred_high, entropy, config.entropy_threshold)
@@ -176,3 +184,8 @@ def eif(
         return state.replace(filter=fstate, chunk=chunk), metrics
 
     return Selector(init, select, observe, train_size, probe_size)
+
+
+def _rank(values: jax.Array) -> jax.Array:
+    """Each entry's rank among ``values`` (0 for the smallest; ties by position)."""
+    return jnp.argsort(jnp.argsort(values)).astype(jnp.float32)

@@ -41,7 +41,8 @@ flags                                        methods
 ``TrainConfig.filter`` (``--r_set``,         eif, eif_emp, random, oracle, ohem
 ``--eif_*``, ``--alpha1`` ...)               (``--r_set`` sizes their choice)
 ``--filter_*``, ``--eif_batch_size``,        ``EIF_METHODS``: eif, eif_emp
-``--eif_probe_size``, ``--eif_random_probes``
+``--eif_probe_size``, ``--eif_random_probes``,
+``--eif_history``
 ``TrainConfig.emp`` (``--emp_*``,            ``EMP_METHODS``: emp, eif_emp, and the
 ``--gamma1``, ``--gamma2``)                  selection baselines (``--select_emp``)
 ``--select_emp``                             the selection baselines
@@ -275,6 +276,12 @@ class TrainConfig:
     eif_random_probes: int = setting(
         1,
         "EIF: random predicted-L instances sampled per chunk (set T_l under quantile control).",
+        methods=EIF_METHODS,
+    )
+    eif_history: bool = setting(
+        False,
+        "EIF: rank each chunk by the filter's margin together with each instance's last "
+        "recorded main-network loss (select.with_loss_history; issue 19, not in the paper).",
         methods=EIF_METHODS,
     )
     # --- smb, smd, sd, e2train (BUDGET_METHODS): None takes the source's default. ---
@@ -573,9 +580,19 @@ def _check_resolved(config: TrainConfig) -> None:
     the host-queue runner (argmax control, or another ``--eif_batch_size``) queues
     probes across chunks and takes any number.
     """
-    if not config.uses_eif or config.filter.control != "quantile":
+    if not config.uses_eif:
         return
     train = max(1, round(config.filter.r_set * config.batch_size))
+    engine = config.filter.control == "quantile" and config.eif_batch_size == train
+    if config.eif_history and not engine:
+        _fail(
+            "eif_history",
+            True,
+            "needs the stream engine: --eif_control=quantile and the default "
+            f"--eif_batch_size ({train})",
+        )
+    if config.filter.control != "quantile":
+        return
     limit = config.batch_size - train
     if config.eif_batch_size == train and config.eif_probe_size > limit:
         _fail(

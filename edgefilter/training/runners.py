@@ -81,7 +81,7 @@ def engine_selector(
     one_step_per_chunk = config.eif_batch_size == max(1, round(config.filter.r_set * m))
     if config.filter.control != "quantile" or not one_step_per_chunk:
         return None
-    return select.eif(
+    selector = select.eif(
         filter_model,
         eif_runner.filter_optimizer(config),
         config.filter,
@@ -89,6 +89,9 @@ def engine_selector(
         probe_size=config.eif_probe_size,
         random_probes=config.eif_random_probes,
     )
+    if config.eif_history:
+        return select.with_loss_history(selector, num_train=num_train)
+    return selector
 
 
 class EngineRunner:
@@ -450,7 +453,10 @@ def build_runner(
 def filter_state(loop: dict[str, Any]) -> Any:
     """The instance filter's state in a loop state (either runner's), or None."""
     if "selector" in loop:
-        return getattr(loop["selector"], "filter", None)
+        selector = loop["selector"]
+        if isinstance(selector, select.LossHistoryState):
+            selector = selector.inner
+        return getattr(selector, "filter", None)
     return loop.get("filter")
 
 
