@@ -363,6 +363,16 @@ class TrainConfig:
         """Whether residual blocks are bypassed (edgefilter.models.stochastic_depth)."""
         return self.method == "sd"
 
+    @property
+    def uses_host_queue(self) -> bool:
+        """Whether EIF runs on the host-queue runner (``training.eif_runner``), not the
+        stream engine: the argmax rule, or a main batch other than ``round(r_set * m)``.
+        Needs a resolved config (``eif_batch_size`` filled in)."""
+        one_step_per_chunk = self.eif_batch_size == max(
+            1, round(self.filter.r_set * self.batch_size)
+        )
+        return self.uses_eif and (self.filter.control != "quantile" or not one_step_per_chunk)
+
 
 # --- The paper's defaults -------------------------------------------------------------------
 
@@ -583,18 +593,17 @@ def _check_resolved(config: TrainConfig) -> None:
     if not config.uses_eif:
         return
     train = max(1, round(config.filter.r_set * config.batch_size))
-    engine = config.filter.control == "quantile" and config.eif_batch_size == train
-    if config.eif_history and not engine:
+    if config.eif_history and config.uses_host_queue:
         _fail(
             "eif_history",
             True,
             "needs the stream engine: --eif_control=quantile and the default "
             f"--eif_batch_size ({train})",
         )
-    if config.filter.control != "quantile":
+    if config.uses_host_queue:
         return
     limit = config.batch_size - train
-    if config.eif_batch_size == train and config.eif_probe_size > limit:
+    if config.eif_probe_size > limit:
         _fail(
             "eif_probe_size",
             config.eif_probe_size,
@@ -626,10 +635,7 @@ def _check_data_parallel(config: TrainConfig) -> None:
             f"a chunk of {config.batch_size} does not split over {over}; use a multiple "
             "of the device count",
         )
-    if config.uses_eif and (
-        config.filter.control != "quantile"
-        or config.eif_batch_size != max(1, round(config.filter.r_set * config.batch_size))
-    ):
+    if config.uses_host_queue:
         if processes > 1:
             _fail(
                 "num_processes",

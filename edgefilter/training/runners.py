@@ -78,8 +78,7 @@ def engine_selector(
         return select.ohem(config.filter.r_set, chunk_size=m)
     if not config.uses_eif:
         return select.everything(chunk_size=m)
-    one_step_per_chunk = config.eif_batch_size == max(1, round(config.filter.r_set * m))
-    if config.filter.control != "quantile" or not one_step_per_chunk:
+    if config.uses_host_queue:
         return None
     selector = select.eif(
         filter_model,
