@@ -119,6 +119,20 @@ def test_the_block_compiles_once_per_length(tiny_dataset):
     assert block_step._cache_size() == 2
 
 
+@pytest.mark.parametrize("length", [1, BLOCK])
+def test_an_unrolled_block_has_no_loop_at_any_length(tiny_dataset, length):
+    # A scan of length 1 with unroll=1 (or True) lowers to a one-trip while loop, whose
+    # body XLA:CPU runs several times slower than straight-line code.
+    selector = select.everything(chunk_size=M)
+    block_step = engine.make_block_step(selector, tiny_dataset.info, unroll=True)
+    state = _fresh(selector, tiny_dataset.info)
+    block = [a[:length] for a in _block(tiny_dataset, 0)]
+    text = block_step.lower(state, *block, jax.random.key(0)).as_text()
+    assert "stablehlo.while" not in text
+    rolled = engine.make_block_step(selector, tiny_dataset.info, unroll=False)
+    assert "stablehlo.while" in rolled.lower(state, *block, jax.random.key(0)).as_text()
+
+
 def _config(**overrides):
     base = dict(
         model="lenet_slim",

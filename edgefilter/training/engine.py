@@ -283,10 +283,12 @@ def make_block_step(
     stacked along ``[B]``. The state's buffers are donated; each block length ``B``
     compiles once.
 
-    ``unroll`` (default: the backend switch's state) unrolls the scan: XLA:CPU runs the
-    body of a loop (or of a conditional) several times slower than the same operations
-    in straight-line code (benchmarks/README.md, "Stream engine"). ``channel_counts``:
-    see :func:`make_chunk_step`.
+    ``unroll`` (default: the backend switch's state) unrolls the scan entirely, a block
+    of one chunk included (``lax.scan``'s ``unroll=0``; ``unroll=1``, what ``True`` means
+    at length 1, lowers to a while loop of one trip): XLA:CPU runs the body of a loop (or
+    of a conditional) several times slower than the same operations in straight-line
+    code (benchmarks/README.md, "Stream engine"). ``channel_counts``: see
+    :func:`make_chunk_step`.
 
     ``mesh``: data-parallel (:mod:`edgefilter.training.parallel`): the caller places the
     block's arrays split along ``m`` over the mesh's data axis and the state replicated;
@@ -301,7 +303,7 @@ def make_block_step(
             images, labels, valid, chunk, indices = slot
             return chunk_step(carry, images, labels, valid, chunk, root, indices)
 
-        unroll = len(chunks) if unroll_all else 1
+        unroll = 0 if unroll_all else 1  # 0: every iteration straight-line.
         slots = (images, labels, valid, chunks, indices)
         return jax.lax.scan(body, state, slots, unroll=unroll)
 
