@@ -170,6 +170,7 @@ FLAG_DEFAULTS = {
     "eif_probe_size": None,
     "eif_random_probes": 1,
     "eif_history": False,
+    "eif_predict_ahead": False,
     # smb, smd, sd, e2train: None takes the source's default for the method.
     "budget": None,
     "smd_skip": None,
@@ -406,10 +407,11 @@ def test_a_coordinator_address_is_host_colon_port(address, valid):
             config_lib.validate(config)
 
 
+@pytest.mark.parametrize("name", ["eif_history", "eif_predict_ahead"])
 @pytest.mark.parametrize(
     "given", [{"filter": FilterConfig(control="argmax")}, {"eif_batch_size": 32}]
 )
-def test_the_loss_history_is_refused_off_the_stream_engine(given):
-    config = TrainConfig(method="eif", eif_history=True, **given)
-    with pytest.raises(ValueError, match=r"^--eif_history=True is invalid: needs the stream"):
+def test_stream_engine_options_are_refused_off_it(name, given):
+    config = TrainConfig(method="eif", **{name: True}, **given)
+    with pytest.raises(ValueError, match=rf"^--{name}=True is invalid: needs the stream"):
         config_lib.resolve(config)

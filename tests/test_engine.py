@@ -25,13 +25,14 @@ from tests.conftest import quick_jit
 M, BLOCK = 16, 2
 
 
-def _eif_selector(r_set=0.25, probe_size=2):
+def _eif_selector(r_set=0.25, probe_size=2, predict_ahead=False):
     return select.eif(
         models.create("lenet_slim", 2),
         optax.sgd(0.1, momentum=0.5),
         instance_filter.FilterConfig(r_set=r_set, window=2),
         chunk_size=M,
         probe_size=probe_size,
+        predict_ahead=predict_ahead,
     )
 
 
@@ -57,7 +58,8 @@ def _block(dataset, first_chunk, valid_last=M):
 
 
 def _python_loop(selector, info, state, images, labels, valid, chunks, root):
-    """The interface's contract, chunk by chunk, as a user's loop would call it."""
+    """The interface's contract, chunk by chunk, as a user's loop would call it (with
+    ``predict_block``: once, from the state before the first chunk)."""
     # quick_jit: the loop's values, not its compiled code, are compared with the block.
     select_fn, observe_fn = quick_jit(selector.select), quick_jit(selector.observe)
     train_fn = quick_jit(functools.partial(steps_lib.train_step_body, info=info))
@@ -66,11 +68,15 @@ def _python_loop(selector, info, state, images, labels, valid, chunks, root):
             {"params": main.params, "batch_stats": main.batch_stats}, x, train=False
         )
     )
-    trained = []
+    trained, needs = [], [{} for _ in chunks]
+    if selector.predict_block is not None:
+        x_block = jnp.stack([steps_lib.preprocess(i, info, None) for i in images])
+        predicted = quick_jit(selector.predict_block)(state.selector, x_block)
+        needs = [{"predicted": p} for p in predicted]
     for b in range(len(chunks)):
         x = steps_lib.preprocess(images[b], info, None)
         key = engine.chunk_key(root, chunks[b])
-        choice, sel_state = select_fn(state.selector, x, key, jnp.asarray(valid[b]))
+        choice, sel_state = select_fn(state.selector, x, key, jnp.asarray(valid[b]), **needs[b])
         train_idx, probe_idx = np.asarray(choice.train_idx), np.asarray(choice.probe_idx)
         main, probe_losses = state.main, jnp.zeros((0,))
         if len(probe_idx):
@@ -88,7 +94,12 @@ def _python_loop(selector, info, state, images, labels, valid, chunks, root):
 
 
 @pytest.mark.parametrize(
-    "make_selector", [_eif_selector, lambda: select.uniform(0.5, chunk_size=M)]
+    "make_selector",
+    [
+        _eif_selector,
+        functools.partial(_eif_selector, predict_ahead=True),
+        lambda: select.uniform(0.5, chunk_size=M),
+    ],
 )
 def test_a_block_equals_a_python_loop_over_the_interface(tiny_dataset, make_selector):
     selector, info = make_selector(), tiny_dataset.info

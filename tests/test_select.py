@@ -72,6 +72,28 @@ def test_eif_select_keeps_the_top_r_set_margins_and_probes_the_uncertain_low_one
     np.testing.assert_allclose(state.filter.offset, 1.0)  # The smallest kept margin.
 
 
+def test_eif_predict_ahead_ranks_a_chunk_by_the_block_prediction_it_is_given():
+    config = instance_filter.FilterConfig(r_set=0.3)
+    sel = select_lib.eif(
+        FirstPixelFilter(), optax.sgd(0.1), config, chunk_size=10, predict_ahead=True
+    )
+    default = select_lib.eif(FirstPixelFilter(), optax.sgd(0.1), config, chunk_size=10)
+    assert default.predict_block is None  # The paper's filter predicts chunk by chunk.
+    first, second = np.arange(10.0), np.arange(10.0)[::-1].copy()
+    block = jnp.stack([_chunk(first.tolist()), _chunk(second.tolist())])
+    state = sel.init(jax.random.key(0), block[0])
+    predicted = jax.jit(sel.predict_block)(state, block)
+    # The filter's logits [0, first pixel] for both chunks, in one [2, 10, 2] array.
+    np.testing.assert_allclose(predicted[..., 1], np.stack([first, second]))
+    np.testing.assert_allclose(predicted[..., 0], 0.0)
+    # Given the second chunk's prediction, select ranks the first chunk by it: the three
+    # largest predicted margins are at slots 0, 1, 2 (x alone would keep 7, 8, 9).
+    choice, _ = jax.jit(sel.select)(state, block[0], jax.random.key(1), predicted=predicted[1])
+    np.testing.assert_array_equal(np.sort(np.asarray(choice.train_idx)), [0, 1, 2])
+    choice, _ = jax.jit(sel.select)(state, block[0], jax.random.key(1))
+    np.testing.assert_array_equal(np.sort(np.asarray(choice.train_idx)), [7, 8, 9])
+
+
 def test_eif_select_never_keeps_padding_and_pads_with_weight_zero():
     config = instance_filter.FilterConfig(r_set=0.5, entropy_threshold=0.0)
     sel = select_lib.eif(FirstPixelFilter(), optax.sgd(0.1), config, chunk_size=6, probe_size=2)

@@ -58,6 +58,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # recorded loss (select.with_loss_history).
     "eif_history": {"method": "eif", "eif_history": True},
     "eif_emp_history": {"method": "eif_emp", "eif_history": True},
+    # Staleness for speed (issue 17 item 4): the filter predicts each block of chunks
+    # from its parameters at the block's start (select.eif's predict_ahead).
+    "eif_ahead": {"method": "eif", "eif_predict_ahead": True},
+    "eif_emp_ahead": {"method": "eif_emp", "eif_predict_ahead": True},
     # The paper's schedule- and model-level baselines at their sources' defaults: SMB at
     # budget 0.5, SMD skipping half the mini-batches, SD with p_L = 0.5 (ResNets), E2-Train
     # (SMD + SLU; CIFAR ResNets). training.budget, models.stochastic_depth, ...

@@ -48,6 +48,8 @@ BUDGET_FLAG: dict[str, str | None] = {
     "eif_no_uncertainty": "r_set",
     "eif_history": "r_set",
     "eif_emp_history": "r_set",
+    "eif_ahead": "r_set",
+    "eif_emp_ahead": "r_set",
     "random": "r_set",  # round(r_set * m) of each chunk, like the filter.
     "oracle": "r_set",
     "ohem": "r_set",

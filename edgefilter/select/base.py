@@ -53,6 +53,13 @@ selector written for the contract above runs unchanged):
   ``observe(state, None, None, train_losses, probe_losses, packed=...)`` with the
   batch's losses (``[pack_size]``), no probe losses, and a :class:`Packed` saying which
   instances they were.
+* ``predict_block``: ``(state, x_block) -> predicted``, computed once for a block of
+  ``B`` chunks (``x_block`` ``[B, m, ...]``, normalised) from the state at the block's
+  start, a pytree with a leading axis ``[B]``; ``select`` then gets a keyword
+  ``predicted``, the chunk's slice, in place of computing it from the current state.
+  It trades staleness (a decision from a state up to ``B - 1`` observations old) for
+  one large batched computation instead of ``B`` small ones. Without it, or in a loop
+  that does not call it, ``select`` computes everything itself.
 
 Main-network losses are mean cross-entropies weighted by the slots' weights over the
 count of slots with a positive weight (``training.steps.weighted_cross_entropy``), so a
@@ -104,6 +111,8 @@ class Selector(NamedTuple):
       needs_indices: ``select`` gets ``indices``, the chunk slots' training-set indices.
       pack_size: ``None``, or the batch size the kept instances are packed into (module
         doc); then ``train_size`` is the chunk size.
+      predict_block: ``None``, or ``(state, x_block) -> predicted`` for a block of
+        chunks at once; ``select`` then gets ``predicted`` (module doc).
     """
 
     init: Callable[..., Any]
@@ -114,6 +123,7 @@ class Selector(NamedTuple):
     chunk_forward: str | None = None
     needs_indices: bool = False
     pack_size: int | None = None
+    predict_block: Callable[[Any, jax.Array], Any] | None = None
 
 
 class Packed(NamedTuple):

@@ -13,6 +13,11 @@ forget a part:
   (Eq. 5). Probe slots: ``random_probes`` predicted-L instances drawn uniformly at random
   (their labels estimate the H rate among predicted-L instances, which steers ``T_l``
   under quantile control), then the most uncertain predicted-L instances.
+* ``predict_ahead`` (not in the paper): the filter's forward for a whole block of
+  chunks at once, from its parameters at the block's start (``Selector.predict_block``),
+  so a chunk inside the block is ranked by a filter up to ``B - 1`` updates old; the
+  updates themselves are unchanged, one per chunk. One forward on ``B * m`` instances
+  instead of ``B`` forwards on ``m``.
 * ``observe``: labels every instance whose main-network loss is now known by Eq. 1,
   takes one filter step on the weighted loss (Eq. 6-7), counts true-high instances for
   ``R_TH`` (Eq. 2), and every ``window`` chunks closes the window and adapts ``T_l``
@@ -60,6 +65,7 @@ def eif(
     chunk_size: int,
     probe_size: int | None = None,
     random_probes: int = 1,
+    predict_ahead: bool = False,
 ) -> Selector:
     """The early instance filter as a selector (see the module doc).
 
@@ -71,6 +77,8 @@ def eif(
       probe_size: probe slots per chunk (default ``max(1, train_size // 8)``; 0 turns
         probing, and with it uncertainty sampling and the random probes, off).
       random_probes: of the probe slots, how many go to random predicted-L instances.
+      predict_ahead: give the selector ``predict_block``, the filter's logits for a
+        block of chunks from the parameters at its start (module doc).
 
     Returns:
       A :class:`~edgefilter.select.Selector` with ``train_size = round(R_set * m)``.
@@ -108,18 +116,28 @@ def eif(
             probe_random=jnp.zeros((probe_size,), bool),
         )
 
+    def filter_logits(state: EifState, x: jax.Array) -> jax.Array:
+        """The filter's logits (L, H) on ``x``, inference mode, float32."""
+        net = state.filter.net
+        variables = {"params": net.params, "batch_stats": net.batch_stats}
+        return net.apply_fn(variables, x, train=False).astype(jnp.float32)
+
+    def predict_block(state: EifState, x_block: jax.Array) -> jax.Array:
+        """``[B, m, 2]``: the logits of a block of chunks, in one forward."""
+        flat = x_block.reshape(-1, *x_block.shape[2:])
+        return filter_logits(state, flat).reshape(*x_block.shape[:2], -1)
+
     def select(
         state: EifState,
         x: jax.Array,
         key: jax.Array,
         valid: jax.Array | None = None,
         prior: jax.Array | None = None,
+        predicted: jax.Array | None = None,
     ) -> tuple[Choice, EifState]:
         if valid is None:
             valid = jnp.ones((chunk_size,), bool)
-        net = state.filter.net
-        variables = {"params": net.params, "batch_stats": net.batch_stats}
-        logits = net.apply_fn(variables, x, train=False).astype(jnp.float32)
+        logits = filter_logits(state, x) if predicted is None else predicted
         margin = logits[:, 1] - logits[:, 0]
         score = margin if prior is None else _rank(margin) + _rank(prior)
         train_idx, train_valid = top_slots(score, valid, train_size)
@@ -183,7 +201,14 @@ def eif(
         metrics = {**metrics, **window, "window_closed": closes, "trained": trained}
         return state.replace(filter=fstate, chunk=chunk), metrics
 
-    return Selector(init, select, observe, train_size, probe_size)
+    return Selector(
+        init,
+        select,
+        observe,
+        train_size,
+        probe_size,
+        predict_block=predict_block if predict_ahead else None,
+    )
 
 
 def _rank(values: jax.Array) -> jax.Array:

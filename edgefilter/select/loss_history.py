@@ -54,7 +54,8 @@ def with_loss_history(inner: Selector, *, num_train: int) -> Selector:
     """``inner`` (an :func:`edgefilter.select.eif` selector) ranked with a loss history.
 
     Args:
-      inner: the filter's selector; its ``select`` must take a ``prior`` score.
+      inner: the filter's selector; its ``select`` must take a ``prior`` score (and
+        ``predicted``, passed on, as is its ``predict_block``).
       num_train: the training set's size (the history's length).
 
     Returns:
@@ -81,13 +82,16 @@ def with_loss_history(inner: Selector, *, num_train: int) -> Selector:
         valid: jax.Array | None = None,
         *,
         indices: jax.Array,
+        predicted: jax.Array | None = None,
     ) -> tuple[Choice, LossHistoryState]:
         inner_key, tie_key = jax.random.split(key)
         recorded = state.losses[indices]
         # A jitter far below a loss's resolution breaks exact ties at random.
         jitter = 1e-6 * jax.random.uniform(tie_key, recorded.shape)
         prior = jnp.where(recorded < 0, _FIRST, recorded) + jitter
-        choice, inner_state = inner.select(state.inner, x, inner_key, valid, prior=prior)
+        choice, inner_state = inner.select(
+            state.inner, x, inner_key, valid, prior=prior, predicted=predicted
+        )
         return choice, state.replace(inner=inner_state, indices=indices)
 
     def observe(
@@ -108,4 +112,18 @@ def with_loss_history(inner: Selector, *, num_train: int) -> Selector:
             losses = losses.at[target].set(values.astype(jnp.float32), mode="drop")
         return state.replace(inner=inner_state, losses=losses), metrics
 
-    return Selector(init, select, observe, inner.train_size, inner.probe_size, needs_indices=True)
+    predict_block = None
+    if inner.predict_block is not None:
+
+        def predict_block(state: LossHistoryState, x_block: jax.Array) -> Any:
+            return inner.predict_block(state.inner, x_block)
+
+    return Selector(
+        init,
+        select,
+        observe,
+        inner.train_size,
+        inner.probe_size,
+        needs_indices=True,
+        predict_block=predict_block,
+    )

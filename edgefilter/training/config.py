@@ -42,7 +42,7 @@ flags                                        methods
 ``--eif_*``, ``--alpha1`` ...)               (``--r_set`` sizes their choice)
 ``--filter_*``, ``--eif_batch_size``,        ``EIF_METHODS``: eif, eif_emp
 ``--eif_probe_size``, ``--eif_random_probes``,
-``--eif_history``
+``--eif_history``, ``--eif_predict_ahead``
 ``TrainConfig.emp`` (``--emp_*``,            ``EMP_METHODS``: emp, eif_emp, and the
 ``--gamma1``, ``--gamma2``)                  selection baselines (``--select_emp``)
 ``--select_emp``                             the selection baselines
@@ -282,6 +282,13 @@ class TrainConfig:
         False,
         "EIF: rank each chunk by the filter's margin together with each instance's last "
         "recorded main-network loss (select.with_loss_history; issue 19, not in the paper).",
+        methods=EIF_METHODS,
+    )
+    eif_predict_ahead: bool = setting(
+        False,
+        "EIF: the filter predicts a whole block of --block_chunks chunks in one forward, "
+        "from its parameters at the block's start (up to block_chunks - 1 updates stale; "
+        "select.eif's predict_ahead; not in the paper).",
         methods=EIF_METHODS,
     )
     # --- smb, smd, sd, e2train (BUDGET_METHODS): None takes the source's default. ---
@@ -593,13 +600,14 @@ def _check_resolved(config: TrainConfig) -> None:
     if not config.uses_eif:
         return
     train = max(1, round(config.filter.r_set * config.batch_size))
-    if config.eif_history and config.uses_host_queue:
-        _fail(
-            "eif_history",
-            True,
-            "needs the stream engine: --eif_control=quantile and the default "
-            f"--eif_batch_size ({train})",
-        )
+    for name in ("eif_history", "eif_predict_ahead"):
+        if getattr(config, name) and config.uses_host_queue:
+            _fail(
+                name,
+                True,
+                "needs the stream engine: --eif_control=quantile and the default "
+                f"--eif_batch_size ({train})",
+            )
     if config.uses_host_queue:
         return
     limit = config.batch_size - train

@@ -134,14 +134,18 @@ def select_chunk(
     chunk: jax.Array,
     root: jax.Array,
     indices: jax.Array | None = None,
+    predicted: Any = None,
 ) -> tuple[Choice, Any]:
     """Step 1 of the module doc: ``selector.select`` on the normalised chunk ``x``.
 
     The key is chunk number ``chunk``'s (:func:`chunk_key`); a selector that ranks by
     the main network's loss gets :func:`chunk_losses` of ``state.main``, one that keeps
-    a per-instance history the slots' ``indices``. Pure: the same arguments give the
-    same choice, so a snapshot (:mod:`edgefilter.training.snapshots`) computed from the
-    state before a chunk is the decision training takes on it.
+    a per-instance history the slots' ``indices``, one with ``predict_block`` the
+    chunk's slice of its block's ``predicted`` (None: ``select`` computes it). Pure:
+    the same arguments give the same choice, so a snapshot
+    (:mod:`edgefilter.training.snapshots`) computed from the state before a block's
+    first chunk is the decision training takes on it (up to float rounding, with
+    ``predict_block``: one forward on the block, not on the chunk).
     """
     key = chunk_key(root, chunk)
     needs = {}
@@ -154,6 +158,8 @@ def select_chunk(
         if indices is None:
             raise ValueError("this selector needs the chunk's training-set indices")
         needs["indices"] = indices
+    if predicted is not None:
+        needs["predicted"] = predicted
     return selector.select(state.selector, x, key, valid, **needs)
 
 
@@ -164,14 +170,15 @@ def make_chunk_step(
     channel_counts: bool = False,
     mesh: Mesh | None = None,
 ) -> Callable:
-    """``chunk_step(state, images, labels, valid, chunk, root, indices=None)``.
+    """``chunk_step(state, images, labels, valid, chunk, root, indices=None, predicted=None)``.
 
     Steps 1-4 of the module doc for one chunk of ``m`` uint8 ``images`` (``[m, H, W,
     C]``), their ``labels`` and ``valid`` mask (False on the padding of a run's short
     last chunk). ``chunk`` is the chunk's number in the stream, ``root`` the run's key
     and ``indices`` (``[m]`` int32) the slots' training-set indices, needed only by a
-    selector with ``needs_indices``. Returns ``(state, metrics)``; with
-    ``channel_counts`` the metrics hold the main step's per-layer kept channels
+    selector with ``needs_indices``, ``predicted`` the chunk's slice of the selector's
+    ``predict_block`` for its block (None: ``select`` computes it). Returns ``(state,
+    metrics)``; with ``channel_counts`` the metrics hold the main step's per-layer kept channels
     (:func:`edgefilter.training.steps.train_step_body`). Not jitted:
     :func:`make_block_step` scans it, a user's loop may jit it.
 
@@ -188,9 +195,12 @@ def make_chunk_step(
         chunk: jax.Array,
         root: jax.Array,
         indices: jax.Array | None = None,
+        predicted: Any = None,
     ) -> tuple[EngineState, dict[str, jax.Array]]:
         x = steps_lib.preprocess(images, info, None)
-        choice, sel_state = select_chunk(selector, state, x, labels, valid, chunk, root, indices)
+        choice, sel_state = select_chunk(
+            selector, state, x, labels, valid, chunk, root, indices, predicted
+        )
         (train_images, train_labels), (probe_images, probe_labels) = parallel.constrain_batch(
             gather(choice, images, labels), mesh
         )
@@ -279,9 +289,10 @@ def make_block_step(
     Scans :func:`make_chunk_step` over a block of ``B`` chunks: ``images`` ``[B, m, H,
     W, C]`` uint8, ``labels`` ``[B, m]``, ``valid`` ``[B, m]``, ``chunks`` ``[B]`` the
     chunks' stream numbers, ``indices`` ``[B, m]`` the training-set indices (for a
-    selector with ``needs_indices``). Returns the state after the block and each chunk's metrics
-    stacked along ``[B]``. The state's buffers are donated; each block length ``B``
-    compiles once.
+    selector with ``needs_indices``). A selector with ``predict_block`` predicts for the
+    whole block first, from the state at its start. Returns the state after the block
+    and each chunk's metrics stacked along ``[B]``. The state's buffers are donated;
+    each block length ``B`` compiles once.
 
     ``unroll`` (default: the backend switch's state) unrolls the scan entirely, a block
     of one chunk included (``lax.scan``'s ``unroll=0``; ``unroll=1``, what ``True`` means
@@ -300,11 +311,15 @@ def make_block_step(
     @functools.partial(backends.jit, xla_cpu=xla_cpu, donate_argnums=0, **_replicated_out(mesh))
     def block_step(state, images, labels, valid, chunks, root, indices=None):
         def body(carry, slot):
-            images, labels, valid, chunk, indices = slot
-            return chunk_step(carry, images, labels, valid, chunk, root, indices)
+            images, labels, valid, chunk, indices, predicted = slot
+            return chunk_step(carry, images, labels, valid, chunk, root, indices, predicted)
 
+        predicted = None
+        if selector.predict_block is not None:
+            x_block = steps_lib.preprocess(images, info, None)  # Elementwise.
+            predicted = selector.predict_block(state.selector, x_block)
         unroll = 0 if unroll_all else 1  # 0: every iteration straight-line.
-        slots = (images, labels, valid, chunks, indices)
+        slots = (images, labels, valid, chunks, indices, predicted)
         return jax.lax.scan(body, state, slots, unroll=unroll)
 
     return block_step

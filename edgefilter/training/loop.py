@@ -91,8 +91,9 @@ def check_resumable(config: config_lib.TrainConfig, workdir: str) -> None:
         previous = json.load(f)
     current = json.loads(json.dumps(config_lib.as_flags(config)))
     resumable = _RESUMABLE_CHANGES
-    if config.method in config_lib.PACKING_BASELINES:  # Their queue's size and SB's
-        resumable = resumable - {"block_chunks"}  # values depend on it (runners).
+    if config.method in config_lib.PACKING_BASELINES or config.eif_predict_ahead:
+        # Their queue's size, SB's values and the filter's stale predictions depend on it.
+        resumable = resumable - {"block_chunks"}
     changed = sorted(
         k
         for k in set(previous) | set(current)

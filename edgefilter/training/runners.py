@@ -87,6 +87,7 @@ def engine_selector(
         chunk_size=m,
         probe_size=config.eif_probe_size,
         random_probes=config.eif_random_probes,
+        predict_ahead=config.eif_predict_ahead,
     )
     if config.eif_history:
         return select.with_loss_history(selector, num_train=num_train)
