@@ -18,13 +18,16 @@ consecutive blocks of the same stream:
 time, the filter's decisions read back every chunk; the path of the paper's argmax rule
 and a non-default ``--eif_batch_size``), for comparison. ``sgd/rolled``: SGD's block
 with the scan not unrolled (``make_block_step(..., unroll=False)``), what the engine
-would cost on XLA:CPU without its unrolling.
+would cost on XLA:CPU without its unrolling. ``<method>/ahead`` (``--ahead``): the
+filtered method with ``--eif_predict_ahead``, the filter predicting each block in one
+forward from its parameters at the block's start.
 
   .venv/bin/python -m benchmarks.engine_block --output=benchmarks/results/engine_block.json
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -53,6 +56,7 @@ flags.DEFINE_integer("blocks", 8, "Blocks per round and variant.", lower_bound=1
 flags.DEFINE_integer("rounds", 5, "Rounds; every number is the median over them.", lower_bound=1)
 flags.DEFINE_bool("host_queue", True, "Also time the filtered methods' host-queue runner.")
 flags.DEFINE_bool("rolled", True, "Also time SGD's block with its scan not unrolled.")
+flags.DEFINE_bool("ahead", False, "Also time the filtered methods with --eif_predict_ahead.")
 flags.DEFINE_string("output", "", "Write the results as JSON here.")
 cli.check_flag(
     "methods", cli.distinct_choices(("eif", "eif_emp", "emp")), "eif, eif_emp, emp, once each"
@@ -172,10 +176,14 @@ def main(argv: list[str]) -> None:
     variants = {name: _Variant(c, dataset) for name, c in configs.items()}
     if FLAGS.rolled:
         variants["sgd/rolled"] = _Variant(configs["sgd"], dataset, rolled=True)
-    if FLAGS.host_queue:
-        for name in FLAGS.methods:
-            if name != "emp":
-                variants[f"{name}/host_queue"] = _Variant(configs[name], dataset, host=True)
+    for name in FLAGS.methods:
+        if name == "emp":
+            continue
+        if FLAGS.host_queue:
+            variants[f"{name}/host_queue"] = _Variant(configs[name], dataset, host=True)
+        if FLAGS.ahead:
+            ahead = dataclasses.replace(configs[name], eif_predict_ahead=True)
+            variants[f"{name}/ahead"] = _Variant(ahead, dataset)
     times: dict[str, list[float]] = {}
     for name, v in variants.items():  # Warm-up: compile both block lengths.
         v.time_run(1)
