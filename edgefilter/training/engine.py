@@ -36,7 +36,8 @@ per run, ``block_chunks`` and 1, whatever the stream.
 A chunk's randomness comes from the run's key and the chunk's number (selection) and
 the main network's step number (augmentation, dropout), so a run's result does not
 depend on where its blocks begin and end (Selective-Backprop's does: its selection
-forward sees the parameters of its block's start), and a run resumed from a checkpoint
+forward sees the parameters of its block's start; so does the filter's prediction with
+a selector's ``predict_block``, ``--eif_predict_ahead``), and a run resumed from a checkpoint
 ends with the same parameters as an uninterrupted one (a checkpoint ends a block, in
 both).
 
@@ -178,8 +179,8 @@ def make_chunk_step(
     and ``indices`` (``[m]`` int32) the slots' training-set indices, needed only by a
     selector with ``needs_indices``, ``predicted`` the chunk's slice of the selector's
     ``predict_block`` for its block (None: ``select`` computes it). Returns ``(state,
-    metrics)``; with ``channel_counts`` the metrics hold the main step's per-layer kept channels
-    (:func:`edgefilter.training.steps.train_step_body`). Not jitted:
+    metrics)``; with ``channel_counts`` the metrics hold the main step's per-layer kept
+    channels (:func:`edgefilter.training.steps.train_step_body`). Not jitted:
     :func:`make_block_step` scans it, a user's loop may jit it.
 
     ``mesh``: run data-parallel (:mod:`edgefilter.training.parallel`): the gathered
