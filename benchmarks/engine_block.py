@@ -38,6 +38,7 @@ import numpy as np
 from absl import app, flags
 
 from edgefilter import data as data_lib
+from edgefilter.method import instance_filter
 from edgefilter.training import accounting, eif_runner, runners
 from edgefilter.training import config as config_lib
 from edgefilter.training import engine as engine_lib
@@ -52,6 +53,7 @@ flags.DEFINE_string("dataset", "fashion_mnist", "Dataset (its settings and its d
 flags.DEFINE_integer(
     "block_chunks", None, "Chunks per block (default: TrainConfig's).", lower_bound=1
 )
+flags.DEFINE_float("r_set", None, "The filtered methods' R_set (default: FilterConfig's, 0.3).")
 flags.DEFINE_integer("blocks", 8, "Blocks per round and variant.", lower_bound=1)
 flags.DEFINE_integer("rounds", 5, "Rounds; every number is the median over them.", lower_bound=1)
 flags.DEFINE_bool("host_queue", True, "Also time the filtered methods' host-queue runner.")
@@ -61,6 +63,7 @@ flags.DEFINE_string("output", "", "Write the results as JSON here.")
 cli.check_flag(
     "methods", cli.distinct_choices(("eif", "eif_emp", "emp")), "eif, eif_emp, emp, once each"
 )
+cli.check_flag("r_set", lambda r: r is None or 0.0 < r < 1.0, "a fraction in (0, 1)")
 cli.check_flag(
     "output", lambda p: p == "" or cli.writable_file(p), "a file path in a writable folder"
 )
@@ -162,6 +165,8 @@ def main(argv: list[str]) -> None:
     base = {"model": FLAGS.model, "dataset": FLAGS.dataset, "epochs": 1.0}
     if FLAGS.block_chunks:
         base["block_chunks"] = FLAGS.block_chunks
+    if FLAGS.r_set is not None:
+        base["filter"] = instance_filter.FilterConfig(r_set=FLAGS.r_set)
     try:
         for method in FLAGS.methods:
             if method not in ("eif", "eif_emp", "emp"):
@@ -198,6 +203,7 @@ def main(argv: list[str]) -> None:
         "device": str(jax.devices()[0]),
         "model": FLAGS.model,
         "block_chunks": configs["sgd"].block_chunks,
+        "r_set": configs[FLAGS.methods[0]].filter.r_set,
         "ms_per_chunk": {k: statistics.median(t) for k, t in times.items()},
     }
     ms = result["ms_per_chunk"]
