@@ -13,6 +13,7 @@ from edgefilter.backends.xla_cpu import compile as compile_lib
 from edgefilter.backends.xla_cpu import layers
 
 DN = ("NHWC", "HWIO", "NHWC")
+pytestmark = pytest.mark.usefixtures("shipped_optimization")  # What a user's run compiles.
 
 
 def _normal(seed: int, shape: tuple[int, ...]) -> jax.Array:
