@@ -77,14 +77,24 @@ def _quick_compiles() -> None:
     jax.config.update(_QUICK_FLAG, os.environ[_QUICK_ENV].lower() in ("1", "true", "yes"))
 
 
-@pytest.fixture
+@contextlib.contextmanager
 def shipped_optimization() -> Iterator[None]:
-    """XLA's default optimizations for one test: a test of compiled code or of
-    edgefilter's own compile options checks what a user's run compiles."""
+    """XLA's default optimizations for what compiles inside: a test of compiled code (its
+    text, its cost analysis) or of edgefilter's own compile options checks what a user's
+    run compiles."""
     quick = jax.config.read(_QUICK_FLAG)
     jax.config.update(_QUICK_FLAG, False)
-    yield
-    jax.config.update(_QUICK_FLAG, quick)
+    try:
+        yield
+    finally:
+        jax.config.update(_QUICK_FLAG, quick)
+
+
+@pytest.fixture(name="shipped_optimization")
+def shipped_optimization_fixture() -> Iterator[None]:
+    """:func:`shipped_optimization` for a whole test."""
+    with shipped_optimization():
+        yield
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
