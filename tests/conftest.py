@@ -74,7 +74,9 @@ def _quick_compiles() -> None:
     already in the environment (``0`` for XLA's defaults) is left as it is.
     """
     os.environ.setdefault(_QUICK_ENV, "1")
-    jax.config.update(_QUICK_FLAG, os.environ[_QUICK_ENV].lower() in ("1", "true", "yes"))
+    # Read as JAX reads it at import (jax._src.config.bool_env), as the workers will.
+    truthy = ("y", "yes", "t", "true", "on", "1")
+    jax.config.update(_QUICK_FLAG, os.environ[_QUICK_ENV].lower() in truthy)
 
 
 @contextlib.contextmanager
