@@ -1,11 +1,10 @@
 """Shared fixtures and helpers: a tiny learnable dataset, in memory and as a folder of IDX
-files; model variables drawn with NumPy; a jit that compiles quickly for value checks; one
-persistent XLA compilation cache per test session, XLA's optimizations mostly off (a test
-of compiled code asks for them); commands run as ``python -m`` would,
-forked from one server that imported JAX once."""
+files; model variables drawn with NumPy; one persistent XLA compilation cache per test
+session; quick compiles everywhere (XLA's optimizations and fusion emitters off), XLA's
+defaults where a test of compiled code asks for them; commands run as ``python -m``
+would, forked from one server that imported JAX once."""
 
 import contextlib
-import functools
 import gzip
 import json
 import os
@@ -58,45 +57,58 @@ def pytest_configure(config: pytest.Config) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
-# The suite compiles with XLA's optimizations mostly off (LLVM at -O0, its expensive
-# passes skipped), as ``quick_jit`` does for one computation; a test of compiled code or
-# of edgefilter's own compile options asks for XLA's defaults (``shipped_optimization``).
+# The suite compiles quickly: XLA's optimizations mostly off (LLVM at -O0, its expensive
+# passes skipped) and XLA:CPU's MLIR fusion emitters off (its older elemental emitter,
+# as edgefilter's filter inference compiles); a test of compiled code or of edgefilter's
+# own compile options asks for XLA's defaults (``shipped_optimization``).
 _QUICK_ENV = "JAX_DISABLE_MOST_OPTIMIZATIONS"
 _QUICK_FLAG = "jax_disable_most_optimizations"
+_XLA_FLAGS = "XLA_FLAGS"
+_NO_FUSION_EMITTERS = f"--{compile_lib.FUSION_EMITTERS_OPTION}=false"
 
 
 def _quick_compiles() -> None:
-    """Turns XLA's optimizations mostly off for this process and every process it starts.
+    """Compiles quickly in this process and every process it starts (workers, commands,
+    notebook kernels, the subprocess tests), through the environment they inherit.
 
-    On a fresh clone about half of the suite's time is XLA compilation; at -O0 the same
-    computations compile several times faster and run the same arithmetic (no fast-math),
-    while the tests' small runs execute slightly slower. A ``JAX_DISABLE_MOST_OPTIMIZATIONS``
-    already in the environment (``0`` for XLA's defaults) is left as it is.
+    On a fresh clone most of the suite's time is XLA compilation; at -O0 and with the
+    older emitter the same computations compile several times faster and run the same
+    arithmetic (neither enables fast-math), while the tests' small runs execute slightly
+    slower. A ``JAX_DISABLE_MOST_OPTIMIZATIONS`` already in the environment (``0`` for
+    XLA's defaults) is left as it is, and so is an ``XLA_FLAGS`` that names the fusion
+    emitters. XLA reads ``XLA_FLAGS`` when a process first uses a backend, which pytest
+    has not done when it configures (nor has a worker).
     """
     os.environ.setdefault(_QUICK_ENV, "1")
     # Read as JAX reads it at import (jax._src.config.bool_env), as the workers will.
-    truthy = ("y", "yes", "t", "true", "on", "1")
-    jax.config.update(_QUICK_FLAG, os.environ[_QUICK_ENV].lower() in truthy)
+    quick = os.environ[_QUICK_ENV].lower() in ("y", "yes", "t", "true", "on", "1")
+    jax.config.update(_QUICK_FLAG, quick)
+    flags = os.environ.get(_XLA_FLAGS, "")
+    if quick and compile_lib.FUSION_EMITTERS_OPTION not in flags:
+        os.environ[_XLA_FLAGS] = f"{flags} {_NO_FUSION_EMITTERS}".strip()
 
 
 @contextlib.contextmanager
-def shipped_optimization() -> Iterator[None]:
+def shipped_optimization() -> Iterator[dict[str, bool]]:
     """XLA's default optimizations for what compiles inside: a test of compiled code (its
     text, its cost analysis) or of edgefilter's own compile options checks what a user's
-    run compiles."""
+    run compiles. Yields the compile options that undo the suite's ``XLA_FLAGS``, for
+    ``Lowered.compile(options)``: they override a jit's own option of the same name, so
+    not for a function jitted with ``fusion_emitters=False``."""
     quick = jax.config.read(_QUICK_FLAG)
     jax.config.update(_QUICK_FLAG, False)
+    undo = _NO_FUSION_EMITTERS in os.environ.get(_XLA_FLAGS, "").split()
     try:
-        yield
+        yield {compile_lib.FUSION_EMITTERS_OPTION: True} if undo else {}
     finally:
         jax.config.update(_QUICK_FLAG, quick)
 
 
 @pytest.fixture(name="shipped_optimization")
-def shipped_optimization_fixture() -> Iterator[None]:
-    """:func:`shipped_optimization` for a whole test."""
-    with shipped_optimization():
-        yield
+def shipped_optimization_fixture() -> Iterator[dict[str, bool]]:
+    """:func:`shipped_optimization` for a whole test; its value is the compile options."""
+    with shipped_optimization() as options:
+        yield options
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -170,27 +182,6 @@ def numpy_variables(model, *args, seed: int = 0, dtype=None, **kwargs) -> dict:
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-@functools.cache
-def _quick_compile_options() -> dict:
-    if jax.default_backend() != "cpu":
-        return {}
-    wanted = {"xla_backend_optimization_level": 0, compile_lib.FUSION_EMITTERS_OPTION: False}
-    return {name: value for name, value in wanted.items() if compile_lib.cpu_accepts(name, value)}
-
-
-def quick_jit(fun=None, **kwargs):
-    """``jax.jit`` for a computation whose values (not its compiled code) a test checks.
-
-    On XLA:CPU it compiles with LLVM at -O0 and without XLA's MLIR fusion emitters (as
-    edgefilter's own filter inference compiles): several times faster, for the same
-    arithmetic (neither option enables fast-math). Never for a test of compiled code, of
-    its cost analysis or of edgefilter's own compile options.
-    """
-    if fun is None:
-        return functools.partial(quick_jit, **kwargs)
-    return jax.jit(fun, compiler_options=_quick_compile_options(), **kwargs)
-
-
 @pytest.fixture
 def fresh_flags():
     """Parses from the flags' defaults and leaves them so (absl's FLAGS are global)."""
@@ -239,22 +230,21 @@ for line in sys.stdin:
 
 
 @contextlib.contextmanager
-def command_server(env: dict[str, str] | None = None) -> Iterator:
+def command_server() -> Iterator:
     """Yields ``run(module, *argv) -> (exit status, stderr)``, as ``python -m`` would run it.
 
     Each command runs as ``python -m <module> <argv>`` does (``runpy.run_module`` as
     ``__main__``, its own argv, stderr and exit status) in a process of its own, forked
-    from one server process (started in the repository root, with ``env`` added to this
-    process's environment) that has imported JAX, absl and edgefilter once: a fresh
-    interpreter per command spends about 2 s of CPU on those imports alone. The server
-    never initialises a JAX backend (no XLA threads exist when it forks), so each command
-    compiles its own steps; the session's compilation cache is shared through the
-    environment.
+    from one server process (started in the repository root, with this process's
+    environment, the quick compiles included) that has imported JAX, absl and edgefilter
+    once: a fresh interpreter per command spends about 2 s of CPU on those imports alone.
+    The server never initialises a JAX backend (no XLA threads exist when it forks), so
+    each command compiles its own steps; the session's compilation cache is shared
+    through the environment.
     """
     server = subprocess.Popen(
         [sys.executable, "-c", _SERVER],
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

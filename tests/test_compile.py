@@ -48,11 +48,11 @@ def test_options_are_copies(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU option")
-def test_compiled_conv_has_no_ynn_fusion_and_same_values() -> None:
+def test_compiled_conv_has_no_ynn_fusion_and_same_values(shipped_optimization: dict) -> None:
     # LeNet's conv2 shape, which XLA:CPU would otherwise emit as a YNNPACK fusion.
     x, w = _normal(0, (64, 12, 12, 20)), _normal(1, (5, 5, 20, 50))
     ours = backends.jit(_conv, xla_cpu=True)
-    assert "__ynn_fusion" not in ours.lower(x, w).compile().as_text()
+    assert "__ynn_fusion" not in ours.lower(x, w).compile(shipped_optimization).as_text()
     np.testing.assert_allclose(ours(x, w), jax.jit(_conv)(x, w), rtol=1e-4, atol=1e-3)
 
 
@@ -82,16 +82,20 @@ def test_xla_flags_win_option_by_option(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU option")
-def test_without_fusion_emitters_the_same_values() -> None:
+def test_without_fusion_emitters_the_same_values(
+    monkeypatch: pytest.MonkeyPatch, shipped_optimization: dict
+) -> None:
     # The filter's first layer: a tap-sum conv, ReLU and 2x2 max pooling, one fusion.
     def block(x: jax.Array, w: jax.Array) -> jax.Array:
         y = layers.small_kernel_conv(x, w, (1, 1), "VALID", dimension_numbers=DN)
         return layers.max_pool_2x2(jax.nn.relu(y))
 
     x, w = _normal(0, (8, 28, 28, 1)), _normal(1, (3, 3, 1, 6))
+    monkeypatch.delenv("XLA_FLAGS", raising=False)  # The suite's would leave the option out.
     legacy = backends.jit(block, xla_cpu=True, fusion_emitters=False)
+    emitters = backends.jit(block, xla_cpu=True, compiler_options=shipped_optimization)
     # XLA accepts the option (an unknown one fails to compile) and computes the same.
-    np.testing.assert_allclose(legacy(x, w), backends.jit(block, xla_cpu=True)(x, w), rtol=1e-6)
+    np.testing.assert_allclose(legacy(x, w), emitters(x, w), rtol=1e-6)
 
 
 def test_an_option_this_xla_does_not_know_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,8 +7,8 @@ ImageNet row), and each EIF+EMP and OHEM variant's counted reduction against the
 paper's, with a steady-state count written here and checked against a real run's.
 
 Shrunk runs go through the real command (``python -m experiments.train
---config=...,shrink``, forked from one server that imported JAX once), compiled with
-XLA's -O0 and without its fusion emitters (same arithmetic, see ``conftest.quick_jit``):
+--config=...,shrink``, forked from one server that imported JAX once), compiled as
+the whole suite compiles, at XLA's -O0 and without its fusion emitters (``conftest``):
 a shrunk ResNet-8 EIF+EMP run compiled in 6 s instead of 39. Compiling is nearly all of a
 shrunk run's cost, so not every config runs: :data:`RUNS` holds every method of the
 LeNet row, one ResNet-8 config (EIF, EMP and 8 bits together) and one ResNet-10 config
@@ -208,15 +208,13 @@ RUNS = [
     ("resnet110_cifar10", "eif_emp_8bit"),  # ResNet-8 with the filter, EMP and 8 bits.
     ("resnet18_imagenet", "sd"),  # ResNet-10 on 32x32 images, blocks bypassed.
 ]
-# Compile fast (tests/conftest.quick_jit says why the values are the same).
-_QUICK_XLA = {"XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"}
 
 
 @pytest.fixture(scope="module")
 def shrunk_run(tmp_path_factory):
     """``shrunk_run(row, variant) -> (exit status, stderr, summary)``, each run once."""
     done = {}
-    with command_server(_QUICK_XLA) as run:
+    with command_server() as run:
 
         def shrunk(row, variant):
             if (row, variant) not in done:

@@ -173,8 +173,8 @@ def test_compiled_error_propagation_does_the_real_macs_only():
             _, vjp = jax.vjp(lambda x: conv(x, w, strides, padding, dimension_numbers=NHWC), x)
             return vjp(d)[0]
 
-        with shipped_optimization():
-            return jax.jit(input_error).lower(x, w, d).compile().cost_analysis()["flops"]
+        with shipped_optimization() as options:
+            return jax.jit(input_error).lower(x, w, d).compile(options).cost_analysis()["flops"]
 
     forward_macs = 8 * 8 * 8 * 5 * 5 * 20 * 50
     ours = flops(conv_backward.conv_general_dilated)
@@ -197,9 +197,10 @@ def test_large_inputs_get_their_own_buffer_with_the_same_values(strides, monkeyp
 
     monkeypatch.setattr(own_buffer, "MIN_ELEMENTS", x.size)
     grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-    with shipped_optimization():
-        compiled = grad.lower(x, w).compile()
+    with shipped_optimization() as options:
+        compiled = grad.lower(x, w).compile(options)
     assert compiled.as_text().count("conditional(") == 1
+    # atol: entries reach ~30, where float32 sums in another order differ by ~1e-5.
     chex.assert_trees_all_close(
-        grad(x, w), jax.value_and_grad(reference, argnums=(0, 1))(x, w), rtol=1e-5, atol=1e-5
+        compiled(x, w), jax.value_and_grad(reference, argnums=(0, 1))(x, w), rtol=1e-5, atol=1e-4
     )

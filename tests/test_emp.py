@@ -24,7 +24,7 @@ from jax import lax
 
 from edgefilter.backends.xla_cpu import channel_fold, conv_backward, own_buffer
 from edgefilter.method import emp
-from tests.conftest import numpy_variables, quick_jit, shipped_optimization
+from tests.conftest import numpy_variables, shipped_optimization
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -79,7 +79,7 @@ def _emp_grads(policy, conv_kwargs, lhs, rhs, delta, error_transform=None, xla_c
     """Jit-compiled backward of the pruned conv for a given output error (its values)."""
     conv = emp.conv_general_dilated(policy, error_transform=error_transform, xla_cpu=xla_cpu)
 
-    @quick_jit
+    @jax.jit
     def grads(x, w, d):
         _, vjp = jax.vjp(lambda x, w: conv(x, w, **conv_kwargs), x, w)
         return vjp(d)
@@ -107,8 +107,8 @@ def _data(seed, lhs_shape, rhs_shape, conv_kwargs, dtype=jnp.float32):
 
 def _flops(fn, *args) -> float:
     """XLA's flop count of ``jax.jit(fn)``; cost_analysis is a dict or a list of dicts."""
-    with shipped_optimization():
-        cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    with shipped_optimization() as options:
+        cost = jax.jit(fn).lower(*args).compile(options).cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
     return float(cost["flops"])
@@ -135,7 +135,7 @@ def test_keep_all_equals_jax_grad(policy):
     conv = emp.conv_general_dilated(policy)
 
     def loss(fn):
-        return quick_jit(jax.grad(lambda x, w: jnp.sum(fn(x, w, **kwargs) * r), argnums=(0, 1)))
+        return jax.jit(jax.grad(lambda x, w: jnp.sum(fn(x, w, **kwargs) * r), argnums=(0, 1)))
 
     expected = loss(lax.conv_general_dilated)(x, w)
     chex.assert_trees_all_equal(loss(conv)(x, w), expected)
@@ -188,8 +188,8 @@ def test_large_error_maps_get_their_own_buffer_and_the_same_gradients(policy, mo
 
     def compiled_text():  # A new function each time: traced afresh.
         backward = _backward(emp.conv_general_dilated(policy, xla_cpu=True), kwargs)
-        with shipped_optimization():
-            return jax.jit(backward).lower(x, w, d).compile().as_text()
+        with shipped_optimization() as options:
+            return jax.jit(backward).lower(x, w, d).compile(options).as_text()
 
     assert "conditional(" not in compiled_text() or isinstance(policy, emp.Threshold)
     # Above the input's size (1215), at the error map's: only the error map gets one.
@@ -331,7 +331,7 @@ def test_flax_conv_param_grads():
     r = np.random.default_rng(2).standard_normal(y.shape) * np.linspace(0.2, 3, 16)
     r = jnp.asarray(r, jnp.float32)
 
-    @quick_jit
+    @jax.jit
     def grads(params, x):
         return jax.grad(lambda p, x: jnp.sum(layer.apply(p, x) * r), argnums=(0, 1))(params, x)
 
@@ -495,9 +495,7 @@ def _kernel_and_delta(draw):
     return kernel, delta
 
 
-_select = quick_jit(
-    functools.partial(emp.select_channels, dimension_numbers=NHWC), static_argnums=0
-)
+_select = jax.jit(functools.partial(emp.select_channels, dimension_numbers=NHWC), static_argnums=0)
 
 
 @settings(max_examples=30, deadline=None)
@@ -513,7 +511,7 @@ def test_topk_selection_property(data, keep_ratio, gammas):
         assert scores[keep].min() >= scores[~keep].max()
 
 
-@functools.partial(quick_jit, static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0)
 def _select_and_scores(policy, kernel, delta):
     """The kept channels and the scores S_j they were chosen by: one compilation."""
     scores = emp.channel_scores(

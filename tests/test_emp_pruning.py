@@ -21,7 +21,7 @@ import pytest
 
 import edgefilter as ef
 from edgefilter.method import emp
-from tests.conftest import numpy_variables, quick_jit
+from tests.conftest import numpy_variables
 
 POLICY = emp.TopK(0.5)
 CONVS = ("Conv_0", "Conv_1", "Conv_2")
@@ -67,7 +67,7 @@ def _value_and_grads(route: str, skip_first: bool = True):
     else:
         model = CNN()
 
-    @quick_jit
+    @jax.jit
     def value_and_grad(params, x, y):
         fn = jax.value_and_grad(functools.partial(_loss, model))
         if route == "context":
@@ -130,8 +130,8 @@ def test_the_first_conv_layer_of_every_top_level_call_stays_dense():
 def test_init_inside_pruning_gives_the_same_variables():
     x = _data()[0]
     with ef.emp.pruning(POLICY, skip_first=False):  # Traced inside the block.
-        inside = quick_jit(lambda key: CNN().init(key, x))(jax.random.key(1))
-    outside = quick_jit(lambda key: CNN().init(key, x))(jax.random.key(1))
+        inside = jax.jit(lambda key: CNN().init(key, x))(jax.random.key(1))
+    outside = jax.jit(lambda key: CNN().init(key, x))(jax.random.key(1))
     assert jax.tree.structure(inside) == jax.tree.structure(outside)
     jax.tree.map(np.testing.assert_array_equal, inside, outside)
 

@@ -20,7 +20,6 @@ from edgefilter.method import instance_filter
 from edgefilter.training import config as config_lib
 from edgefilter.training import engine, loop, runners
 from edgefilter.training import steps as steps_lib
-from tests.conftest import quick_jit
 
 M, BLOCK = 16, 2
 
@@ -60,10 +59,9 @@ def _block(dataset, first_chunk, valid_last=M):
 def _python_loop(selector, info, state, images, labels, valid, chunks, root):
     """The interface's contract, chunk by chunk, as a user's loop would call it (with
     ``predict_block``: once, from the state before the first chunk)."""
-    # quick_jit: the loop's values, not its compiled code, are compared with the block.
-    select_fn, observe_fn = quick_jit(selector.select), quick_jit(selector.observe)
-    train_fn = quick_jit(functools.partial(steps_lib.train_step_body, info=info))
-    probe_fn = quick_jit(
+    select_fn, observe_fn = jax.jit(selector.select), jax.jit(selector.observe)
+    train_fn = jax.jit(functools.partial(steps_lib.train_step_body, info=info))
+    probe_fn = jax.jit(
         lambda main, x: main.apply_fn(
             {"params": main.params, "batch_stats": main.batch_stats}, x, train=False
         )
@@ -71,7 +69,7 @@ def _python_loop(selector, info, state, images, labels, valid, chunks, root):
     trained, needs = [], [{} for _ in chunks]
     if selector.predict_block is not None:
         x_block = jnp.stack([steps_lib.preprocess(i, info, None) for i in images])
-        predicted = quick_jit(selector.predict_block)(state.selector, x_block)
+        predicted = jax.jit(selector.predict_block)(state.selector, x_block)
         needs = [{"predicted": p} for p in predicted]
     for b in range(len(chunks)):
         x = steps_lib.preprocess(images[b], info, None)

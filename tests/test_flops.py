@@ -272,8 +272,8 @@ def test_bit_ops():
 def _xla_flops(fn, *args) -> float:
     """XLA's flop count for ``jax.jit(fn)`` compiled on CPU (cost_analysis: dict or list)."""
     args = jax.device_put(args, CPU)  # committed CPU inputs: compile for CPU on any host
-    with shipped_optimization():
-        cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    with shipped_optimization() as options:
+        cost = jax.jit(fn).lower(*args).compile(options).cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
     return float(cost["flops"])

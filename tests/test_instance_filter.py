@@ -16,7 +16,6 @@ import pytest
 
 from edgefilter import models
 from edgefilter.method import instance_filter
-from tests.conftest import quick_jit
 
 M = 16  # Chunk size.
 SHAPE = (28, 28, 1)
@@ -229,7 +228,7 @@ def test_update_is_one_sgd_step_on_the_weighted_loss_of_eq_6_7(weighted):
     def loss(p):
         return _eq67(MODEL.apply({"params": p}, x), label, MASK, 0.3, weighted)
 
-    loss0, grads = quick_jit(jax.value_and_grad(loss))(params0)
+    loss0, grads = jax.jit(jax.value_and_grad(loss))(params0)
     expected = jax.tree.map(lambda w, g: w - 0.1 * np.asarray(g), params0, grads)
     new, metrics = instance_filter.update(state, x, LOSSES, PRED, MASK, config)
     chex.assert_trees_all_close(new.net.params, expected, atol=1e-6, rtol=1e-5)

@@ -10,7 +10,7 @@ import pytest
 
 from edgefilter import models
 from edgefilter.method import emp, flops
-from tests.conftest import numpy_variables, quick_jit
+from tests.conftest import numpy_variables
 
 
 def _shapes(name, image_shape, num_classes=10, **options):
@@ -282,10 +282,10 @@ def _check_switch_equivalence_and_forward_mode(name, shape):
         # with positive running variances for the eval pass.
         variables = numpy_variables(off, x[:1], train=False, dtype=np.float64)
         tangents = jax.tree.map(lambda a: rng.standard_normal(a.shape), (variables["params"], x))
-        run = quick_jit(_value_and_grads, static_argnums=0)
+        run = jax.jit(_value_and_grads, static_argnums=0)
         got_off, got_on = (jax.device_get(run(m, variables, x, cotangent)) for m in (off, on))
         forward = jax.device_get(
-            quick_jit(_forward_mode, static_argnums=0)(off, variables, x, tangents)
+            jax.jit(_forward_mode, static_argnums=0)(off, variables, x, tangents)
         )
 
     def assert_close(got, want):  # Relative to each array's scale.

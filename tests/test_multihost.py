@@ -24,8 +24,8 @@ run on several processes must end in both with one line and exit status 2.
 
 The dataset's training images are wrapped so that each process records which it
 reads: each of the two must read its own half of every chunk and nothing else. To keep
-the test near 20 s of CPU, all three compile as ``conftest.quick_jit`` does (LLVM -O0,
-no fusion emitters: the same arithmetic, compiled several times faster) and one method
+the test near 20 s of CPU, all three compile as the whole suite does (``conftest``: LLVM
+-O0, no fusion emitters: the same arithmetic, compiled several times faster) and one method
 runs (SGD's path is EIF's with every instance selected).
 """
 
@@ -167,13 +167,9 @@ def _free_port() -> int:
 
 
 def _start(out: str) -> dict[str, subprocess.Popen]:
-    """The three processes, compiling as ``quick_jit`` does; their output goes to
-    ``<out>/<name>.out`` and ``.err``."""
-    from tests.conftest import _quick_compile_options
-
-    quick = " ".join(f"--{k}={str(v).lower()}" for k, v in _quick_compile_options().items())
+    """The three processes, compiling as the suite does (their environment is this
+    process's); their output goes to ``<out>/<name>.out`` and ``.err``."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {quick}"
     port, started = _free_port(), {}
     for name in (ONE, *map(str, range(PROCESSES))):
         code = f"from tests.test_multihost import _worker; _worker({out!r}, {name!r}, {port})"

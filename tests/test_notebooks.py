@@ -28,9 +28,6 @@ from tests.conftest import ROOT
 COLAB = pathlib.Path(ROOT) / "colab"
 KERNEL = "edgefilter-test"
 CELL_TIMEOUT_S = 600  # A hung kernel fails the test instead of blocking the suite.
-# XLA at -O0 without its fusion emitters: same arithmetic, compiles several times faster
-# (tests/conftest.quick_jit); for the shrunk runs, which are nearly all compilation.
-QUICK_XLA = {"XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"}
 
 
 def _kernel_manager(tmp: pathlib.Path) -> AsyncKernelManager:
@@ -48,7 +45,7 @@ def _kernel_manager(tmp: pathlib.Path) -> AsyncKernelManager:
     )
 
 
-def execute(name: str, tmp: pathlib.Path, env: dict[str, str] | None = None, **parameters):
+def execute(name: str, tmp: pathlib.Path, **parameters):
     """``colab/<name>.ipynb`` executed with ``parameters`` set after its parameters cell."""
     notebook = nbformat.read(COLAB / f"{name}.ipynb", as_version=4)
     tagged = [i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", [])]
@@ -62,7 +59,6 @@ def execute(name: str, tmp: pathlib.Path, env: dict[str, str] | None = None, **p
         **os.environ,
         "PYTHONPATH": os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])]),
         "IPYTHONDIR": str(tmp / "ipython"),  # The kernel's history database: not in HOME.
-        **(env or {}),
     }
     client = NotebookClient(
         notebook,
@@ -138,7 +134,7 @@ def test_own_loop_trains_a_plain_flax_loop_with_eif_and_emp(tmp_path, idx_folder
 
 def test_reproduce_runs_a_shrunk_config_and_shows_the_report(tmp_path):
     workdir = tmp_path / "w"
-    notebook = execute("reproduce", tmp_path, env=QUICK_XLA, WORKDIR=str(workdir))
+    notebook = execute("reproduce", tmp_path, WORKDIR=str(workdir))
     check_figures(notebook, at_least=1)
     text = printed(notebook)
     assert re.search(r"^eif_emp_79: \{.*'method': 'eif_emp'.*'r_set': 0\.22", text, re.M)

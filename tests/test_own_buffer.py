@@ -15,8 +15,8 @@ from tests.conftest import shipped_optimization
 
 
 def _conditionals(fn, *args) -> int:
-    with shipped_optimization():
-        return jax.jit(fn).lower(*args).compile().as_text().count("conditional(")
+    with shipped_optimization() as options:
+        return jax.jit(fn).lower(*args).compile(options).as_text().count("conditional(")
 
 
 @settings(max_examples=30, deadline=None)

@@ -12,7 +12,7 @@ from edgefilter import models
 from edgefilter.method import emp
 from edgefilter.training import config as config_lib
 from edgefilter.training import steps as train_lib
-from tests.conftest import numpy_variables, quick_jit
+from tests.conftest import numpy_variables
 
 
 def test_weighted_cross_entropy_matches_numpy():
@@ -56,7 +56,7 @@ def test_train_step_is_one_sgd_step_done_by_hand(tiny_dataset):
             model.apply({"params": p}, x), labels
         ).mean()
 
-    loss0, grads = quick_jit(jax.value_and_grad(loss))(params0)
+    loss0, grads = jax.jit(jax.value_and_grad(loss))(params0)
     # First step of SGD with momentum: v = g + wd * w, w <- w - lr * v.
     expected = jax.tree.map(lambda w, g: w - 0.01 * (np.asarray(g) + 1e-3 * w), params0, grads)
     step = train_lib.make_train_step(info)
@@ -103,7 +103,7 @@ def test_build_model_leaves_the_first_conv_dense_unless_asked(prune_first_layer)
         logits = model.apply({"params": params}, x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-    grads = quick_jit(jax.grad(loss))(params)
+    grads = jax.jit(jax.grad(loss))(params)
 
     def channels_with_a_gradient(layer):
         return int(np.sum(np.any(np.asarray(grads[layer]["kernel"]) != 0, axis=(0, 1, 2))))
