@@ -19,7 +19,9 @@ reporting):
   selection as implementations, for a user's own jitted loop.
 * ``edgefilter.training``: the run's config, train state and steps, the stream and its
   runners, the loop, checkpoints, metrics and the compute accounting.
-* ``edgefilter.reporting``: tables and figures comparing runs, the baselines harness.
+* ``edgefilter.reporting``: tables and figures comparing runs, the baselines harness;
+  imported when first used (``edgefilter.reporting`` or ``from edgefilter import
+  reporting``): it brings matplotlib and SciPy, which training does not need.
 
 Public API. The modules above are the API; ``__all__`` also re-exports, one by one, the
 classes and functions a user's own training code needs whose names say what they are
@@ -47,9 +49,10 @@ backend's speed) is not part of the public API::
       grads = jax.grad(loss_fn)(params)
 """
 
+import importlib
 import sys
 
-from edgefilter import data, method, models, reporting, select, training
+from edgefilter import data, method, models, select, training
 from edgefilter.data import Dataset, DatasetInfo, DataUnavailableError
 from edgefilter.method import eif, emp, flops, instance_filter, quant
 from edgefilter.method.emp import Threshold, TopK
@@ -91,3 +94,16 @@ __all__ = [
     "train_and_evaluate",
 ]
 __version__ = "0.1.0"
+
+_LAZY_MODULES = ("reporting",)
+
+
+def __getattr__(name: str):
+    """``edgefilter.reporting``, imported on first access (PEP 562)."""
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_MODULES})

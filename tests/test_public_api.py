@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import types
+
+import pytest
 
 import edgefilter as ef
 
@@ -79,3 +83,18 @@ def test_no_backend_work_around_in_the_public_api():
         for name in _exports(module):
             owner = getattr(getattr(module, name), "__module__", None) or ""
             assert not owner.startswith("edgefilter.backends"), f"{module.__name__}.{name}"
+
+
+def test_reporting_is_imported_when_first_used_and_training_needs_neither_plots_nor_scipy():
+    code = (
+        "import sys, edgefilter, edgefilter.training.loop\n"
+        "heavy = ('edgefilter.reporting', 'matplotlib', 'scipy')\n"
+        "print(sorted(h for h in heavy if h in sys.modules))\n"
+        "edgefilter.reporting.figures\n"
+        "print(sorted(h for h in heavy if h in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["[]", "['edgefilter.reporting', 'matplotlib', 'scipy']"]
+    assert "reporting" in dir(ef)
+    with pytest.raises(AttributeError, match="no attribute 'nonesuch'"):
+        ef.nonesuch  # noqa: B018
