@@ -15,8 +15,8 @@ moves float32 values by ~1e-7 relative per step; after a few steps the largest
 differences seen were ~1e-6. Integer and boolean state (counters, histories, the
 selector's choices) and the per-chunk counts of selected instances must be equal.
 
-The subprocess inherits the suite's compiles with XLA's optimizations mostly off
-(``conftest``); these cases agree within the tolerance so (three fresh-clone runs). An
+The subprocess inherits the suite's quick compiles (``conftest``: XLA's optimizations
+mostly off, its fusion emitters off); these cases agree within the tolerance so. An
 earlier case, an unrolled ResNet-8 block of four chunks with the XLA:CPU lowerings, ended
 1e-3 to 3e-2 (relative) away on 8 devices from one device at
 ``--xla_backend_optimization_level=0``, where the default optimization agreed within
