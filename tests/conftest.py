@@ -104,6 +104,21 @@ def shipped_optimization() -> Iterator[dict[str, bool]]:
         jax.config.update(_QUICK_FLAG, quick)
 
 
+def compile_as_shipped(jitted, *args) -> jax.stages.Compiled:
+    """``jitted`` lowered for ``args`` and compiled as a user's run compiles it
+    (:func:`shipped_optimization`): for a test of its text or its cost analysis."""
+    with shipped_optimization() as options:
+        return jitted.lower(*args).compile(options)
+
+
+def xla_flops(compiled: jax.stages.Compiled) -> float:
+    """XLA's flop count of ``compiled`` (its cost analysis: a dict, or a list of them)."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0]
+    return float(cost["flops"])
+
+
 @pytest.fixture(name="shipped_optimization")
 def shipped_optimization_fixture() -> Iterator[dict[str, bool]]:
     """:func:`shipped_optimization` for a whole test; its value is the compile options."""

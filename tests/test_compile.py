@@ -11,6 +11,7 @@ from jax import lax
 from edgefilter import backends
 from edgefilter.backends.xla_cpu import compile as compile_lib
 from edgefilter.backends.xla_cpu import layers
+from tests.conftest import compile_as_shipped
 
 DN = ("NHWC", "HWIO", "NHWC")
 pytestmark = pytest.mark.usefixtures("shipped_optimization")  # What a user's run compiles.
@@ -48,11 +49,11 @@ def test_options_are_copies(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU option")
-def test_compiled_conv_has_no_ynn_fusion_and_same_values(shipped_optimization: dict) -> None:
+def test_compiled_conv_has_no_ynn_fusion_and_same_values() -> None:
     # LeNet's conv2 shape, which XLA:CPU would otherwise emit as a YNNPACK fusion.
     x, w = _normal(0, (64, 12, 12, 20)), _normal(1, (5, 5, 20, 50))
     ours = backends.jit(_conv, xla_cpu=True)
-    assert "__ynn_fusion" not in ours.lower(x, w).compile(shipped_optimization).as_text()
+    assert "__ynn_fusion" not in compile_as_shipped(ours, x, w).as_text()
     np.testing.assert_allclose(ours(x, w), jax.jit(_conv)(x, w), rtol=1e-4, atol=1e-3)
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from jax import lax
 
 from edgefilter.backends.xla_cpu import conv_backward, own_buffer
-from tests.conftest import numpy_variables, shipped_optimization
+from tests.conftest import compile_as_shipped, numpy_variables, xla_flops
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -173,8 +173,7 @@ def test_compiled_error_propagation_does_the_real_macs_only():
             _, vjp = jax.vjp(lambda x: conv(x, w, strides, padding, dimension_numbers=NHWC), x)
             return vjp(d)[0]
 
-        with shipped_optimization() as options:
-            return jax.jit(input_error).lower(x, w, d).compile(options).cost_analysis()["flops"]
+        return xla_flops(compile_as_shipped(jax.jit(input_error), x, w, d))
 
     forward_macs = 8 * 8 * 8 * 5 * 5 * 20 * 50
     ours = flops(conv_backward.conv_general_dilated)
@@ -196,9 +195,7 @@ def test_large_inputs_get_their_own_buffer_with_the_same_values(strides, monkeyp
         return jnp.sum(y**2)
 
     monkeypatch.setattr(own_buffer, "MIN_ELEMENTS", x.size)
-    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-    with shipped_optimization() as options:
-        compiled = grad.lower(x, w).compile(options)
+    compiled = compile_as_shipped(jax.jit(jax.value_and_grad(loss, argnums=(0, 1))), x, w)
     assert compiled.as_text().count("conditional(") == 1
     # atol: entries reach ~30, where float32 sums in another order differ by ~1e-5.
     chex.assert_trees_all_close(

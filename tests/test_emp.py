@@ -24,7 +24,7 @@ from jax import lax
 
 from edgefilter.backends.xla_cpu import channel_fold, conv_backward, own_buffer
 from edgefilter.method import emp
-from tests.conftest import numpy_variables, shipped_optimization
+from tests.conftest import compile_as_shipped, numpy_variables, xla_flops
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -106,12 +106,8 @@ def _data(seed, lhs_shape, rhs_shape, conv_kwargs, dtype=jnp.float32):
 
 
 def _flops(fn, *args) -> float:
-    """XLA's flop count of ``jax.jit(fn)``; cost_analysis is a dict or a list of dicts."""
-    with shipped_optimization() as options:
-        cost = jax.jit(fn).lower(*args).compile(options).cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0]
-    return float(cost["flops"])
+    """XLA's flop count of ``jax.jit(fn)``."""
+    return xla_flops(compile_as_shipped(jax.jit(fn), *args))
 
 
 def _backward(conv, conv_kwargs):
@@ -188,8 +184,7 @@ def test_large_error_maps_get_their_own_buffer_and_the_same_gradients(policy, mo
 
     def compiled_text():  # A new function each time: traced afresh.
         backward = _backward(emp.conv_general_dilated(policy, xla_cpu=True), kwargs)
-        with shipped_optimization() as options:
-            return jax.jit(backward).lower(x, w, d).compile(options).as_text()
+        return compile_as_shipped(jax.jit(backward), x, w, d).as_text()
 
     assert "conditional(" not in compiled_text() or isinstance(policy, emp.Threshold)
     # Above the input's size (1215), at the error map's: only the error map gets one.

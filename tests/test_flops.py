@@ -16,7 +16,7 @@ import pytest
 
 from edgefilter import models
 from edgefilter.method import emp, flops
-from tests.conftest import numpy_variables, shipped_optimization
+from tests.conftest import compile_as_shipped, numpy_variables, xla_flops
 
 CPU = jax.devices("cpu")[0]
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -270,13 +270,9 @@ def test_bit_ops():
 
 
 def _xla_flops(fn, *args) -> float:
-    """XLA's flop count for ``jax.jit(fn)`` compiled on CPU (cost_analysis: dict or list)."""
+    """XLA's flop count for ``jax.jit(fn)`` compiled on CPU."""
     args = jax.device_put(args, CPU)  # committed CPU inputs: compile for CPU on any host
-    with shipped_optimization() as options:
-        cost = jax.jit(fn).lower(*args).compile(options).cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0]
-    return float(cost["flops"])
+    return xla_flops(compile_as_shipped(jax.jit(fn), *args))
 
 
 def _xla_counts(name: str, batch: int, with_input: bool) -> tuple[float, float, float | None]:

@@ -11,12 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgefilter.backends.xla_cpu import own_buffer
-from tests.conftest import shipped_optimization
+from tests.conftest import compile_as_shipped
 
 
 def _conditionals(fn, *args) -> int:
-    with shipped_optimization() as options:
-        return jax.jit(fn).lower(*args).compile(options).as_text().count("conditional(")
+    return compile_as_shipped(jax.jit(fn), *args).as_text().count("conditional(")
 
 
 @settings(max_examples=30, deadline=None)
