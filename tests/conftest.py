@@ -5,6 +5,7 @@ defaults where a test of compiled code asks for them; commands run as ``python -
 would, forked from one server that imported JAX once."""
 
 import contextlib
+import fcntl
 import gzip
 import json
 import os
@@ -12,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
@@ -130,6 +131,29 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     folder = getattr(config, _CACHE_OWNER, None)
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def filled_once(tmp_path_factory: pytest.TempPathFactory, name: str, fill: Callable) -> str:
+    """The folder ``name``, filled by ``fill(folder)`` once per test session.
+
+    Under xdist every worker that runs a test of a module runs its module-scoped fixtures
+    again (``--dist worksteal`` may split a module between the two workers). For a fixture
+    that runs a costly subprocess (test_multihost, test_parallel), the first worker to get
+    here fills a folder of the session's base temporary directory, which all workers
+    share, under a file lock; the others wait for it and read the same folder. If
+    ``fill`` fails, the next worker tries again (and fails with its own error).
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, filled = shared / name, shared / f"{name}.filled"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not filled.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            fill(str(folder))
+            filled.touch()
+    return str(folder)
 
 
 def learnable_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

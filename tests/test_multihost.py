@@ -44,6 +44,7 @@ import pytest
 
 from edgefilter.training import loop
 from edgefilter.training import stream as stream_lib
+from tests.conftest import filled_once
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROCESSES, M, CHUNKS, TRAIN = 2, 16, 4, 320
@@ -203,8 +204,7 @@ def _wait(started: dict[str, subprocess.Popen], out: str) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Each process's report (with its stdout) and final loop state, by name."""
-    out = str(tmp_path_factory.mktemp("multihost"))
-    _wait(_start(out), out)
+    out = filled_once(tmp_path_factory, "multihost", lambda out: _wait(_start(out), out))
     reports, states = {}, {}
     for name in (ONE, *map(str, range(PROCESSES))):
         with open(f"{out}/report_{name}.json") as f:

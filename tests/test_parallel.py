@@ -35,6 +35,7 @@ import numpy as np
 import pytest
 
 from edgefilter.models import layers
+from tests.conftest import filled_once
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES, M, BLOCK = 8, 16, 2
@@ -219,17 +220,26 @@ def _worker(workdir: str) -> None:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES}"
-    )
-    workdir = str(tmp_path_factory.mktemp("parallel") / "run")
-    code = f"from tests.test_parallel import _worker; _worker({workdir!r})"
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    def fill(folder: str) -> None:
+        env = dict(os.environ)
+        env["XLA_FLAGS"] = (
+            f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES}"
+        )
+        code = f"from tests.test_parallel import _worker; _worker({folder + '/run'!r})"
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        with open(f"{folder}/report.json", "w") as f:
+            f.write(proc.stdout.strip().splitlines()[-1])
+
+    with open(f"{filled_once(tmp_path_factory, 'parallel', fill)}/report.json") as f:
+        return json.load(f)
 
 
 @pytest.mark.parametrize("case", [*METHODS, "eif_emp", "batch_norm"])
