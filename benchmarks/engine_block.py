@@ -20,7 +20,12 @@ and a non-default ``--eif_batch_size``), for comparison. ``sgd/rolled``: SGD's b
 with the scan not unrolled (``make_block_step(..., unroll=False)``), what the engine
 would cost on XLA:CPU without its unrolling. ``<method>/ahead`` (``--ahead``): the
 filtered method with ``--eif_predict_ahead``, the filter predicting each block in one
-forward from its parameters at the block's start.
+forward from its parameters at the block's start. ``<method>/no_probes``
+(``--no_probes``): the filtered method with ``--eif_probe_size=0`` (no main-network
+forward on probes, no uncertainty sampling): what the probes cost. ``random`` in
+``--methods``: the uniform random selection of the same ``R_set`` (``--method=random``),
+the main network's steps on as many instances with no filter: what a filtered chunk
+would cost if its selection were free.
 
   .venv/bin/python -m benchmarks.engine_block --output=benchmarks/results/engine_block.json
 """
@@ -47,7 +52,9 @@ from edgefilter.training import stream as stream_lib
 from experiments import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("methods", ["eif", "eif_emp"], "Filtered methods, each against sgd.")
+flags.DEFINE_list(
+    "methods", ["eif", "eif_emp"], "Methods, each against sgd: eif, eif_emp, emp, random."
+)
 flags.DEFINE_string("model", "lenet", "Main network.")
 flags.DEFINE_string("dataset", "fashion_mnist", "Dataset (its settings and its data).")
 flags.DEFINE_integer(
@@ -59,9 +66,12 @@ flags.DEFINE_integer("rounds", 5, "Rounds; every number is the median over them.
 flags.DEFINE_bool("host_queue", True, "Also time the filtered methods' host-queue runner.")
 flags.DEFINE_bool("rolled", True, "Also time SGD's block with its scan not unrolled.")
 flags.DEFINE_bool("ahead", False, "Also time the filtered methods with --eif_predict_ahead.")
+flags.DEFINE_bool("no_probes", False, "Also time the filtered methods with --eif_probe_size=0.")
 flags.DEFINE_string("output", "", "Write the results as JSON here.")
 cli.check_flag(
-    "methods", cli.distinct_choices(("eif", "eif_emp", "emp")), "eif, eif_emp, emp, once each"
+    "methods",
+    cli.distinct_choices(("eif", "eif_emp", "emp", "random")),
+    "eif, eif_emp, emp, random, once each",
 )
 cli.check_flag("r_set", lambda r: r is None or 0.0 < r < 1.0, "a fraction in (0, 1)")
 cli.check_flag(
@@ -168,9 +178,6 @@ def main(argv: list[str]) -> None:
     if FLAGS.r_set is not None:
         base["filter"] = instance_filter.FilterConfig(r_set=FLAGS.r_set)
     try:
-        for method in FLAGS.methods:
-            if method not in ("eif", "eif_emp", "emp"):
-                raise ValueError(f"--methods: {method!r} is invalid: choose from eif, eif_emp, emp")
         configs = {
             name: config_lib.resolve(config_lib.TrainConfig(**base, method=name))
             for name in ["sgd", *FLAGS.methods]
@@ -182,13 +189,16 @@ def main(argv: list[str]) -> None:
     if FLAGS.rolled:
         variants["sgd/rolled"] = _Variant(configs["sgd"], dataset, rolled=True)
     for name in FLAGS.methods:
-        if name == "emp":
+        if not configs[name].uses_eif:
             continue
         if FLAGS.host_queue:
             variants[f"{name}/host_queue"] = _Variant(configs[name], dataset, host=True)
         if FLAGS.ahead:
             ahead = dataclasses.replace(configs[name], eif_predict_ahead=True)
             variants[f"{name}/ahead"] = _Variant(ahead, dataset)
+        if FLAGS.no_probes:
+            no_probes = dataclasses.replace(configs[name], eif_probe_size=0)
+            variants[f"{name}/no_probes"] = _Variant(no_probes, dataset)
     times: dict[str, list[float]] = {}
     for name, v in variants.items():  # Warm-up: compile both block lengths.
         v.time_run(1)

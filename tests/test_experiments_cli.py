@@ -83,6 +83,7 @@ def test_checked_flags_take_valid_values(tmp_path):
         ("benchmarks.engine_block", "--model=resnet9"),
         ("benchmarks.engine_block", "--block_chunks=0"),
         ("benchmarks.engine_block", "--r_set=1.5"),
+        ("benchmarks.filter_cost", "--calls=0"),
         ("benchmarks.methods", "--variants=sgd,nonesuch"),
         ("benchmarks.emp_step", "--repeats=0"),
         ("benchmarks.methods", "--repeats=0"),
