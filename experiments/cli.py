@@ -54,7 +54,7 @@ def warn(message: str) -> None:
 def warn_foreign_flags(methods: Sequence[str]) -> None:
     """One warning naming the given flags that none of ``methods`` uses (they are ignored).
 
-    Which flags belong to which methods is declared per field in ``config.py``
+    Which flags belong to which methods is declared per field in ``config/schema.py``
     (``setting(..., methods=...)``, see ``config.foreign_flags``).
     """
     given = [f.name for f in config_lib.FLAGS if flags.FLAGS[f.name].present]
