@@ -25,7 +25,6 @@ The images are random (``--image_shape``, 10 classes): time does not depend on t
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from typing import Any
@@ -34,6 +33,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from benchmarks import report_json
 from edgefilter import data as data_lib
 from edgefilter.training import config as config_lib
 from edgefilter.training import loop as loop_lib
@@ -146,9 +146,7 @@ def main(argv: list[str]) -> None:
             "images_per_s": FLAGS.batch_size / step,
         }
         print(f"{d} devices: {1e3 * step:8.2f} ms per chunk, {FLAGS.batch_size / step:9.0f} img/s")
-    if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump(result, f, indent=2)
+    report_json(result, FLAGS.output, show=False)
 
 
 if __name__ == "__main__":

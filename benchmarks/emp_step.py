@@ -14,7 +14,6 @@ For each network (ResNet-20 on CIFAR-shaped batches of 128, LeNet on 28x28 batch
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 
@@ -22,6 +21,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from benchmarks import report_json
 from edgefilter import backends, models
 from edgefilter import data as data_lib
 from edgefilter.method import emp, flops
@@ -141,9 +141,7 @@ def main(argv: list[str]) -> None:
                 f"| {r['analytic_mac_ratio']:.3f} | {r['wall_clock_ratio']:.3f} "
                 f"| {r['speedup']:.2f}x |"
             )
-    if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump(results, f, indent=2)
+    report_json(results, FLAGS.output, show=False)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ would cost if its selection were free.
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import time
 from typing import Any
@@ -42,6 +41,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from benchmarks import report_json
 from edgefilter import data as data_lib
 from edgefilter.method import instance_filter
 from edgefilter.training import accounting, eif_runner, runners
@@ -228,10 +228,7 @@ def main(argv: list[str]) -> None:
     for name in variants:
         if f"{name}/device" in ms:
             result[f"{name}/host_share"] = 1 - ms[f"{name}/device"] / ms[f"{name}/run"]
-    print(json.dumps(result, indent=2))
-    if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump(result, f, indent=2)
+    report_json(result, FLAGS.output)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ the filter's work across a block could save.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -38,12 +37,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from edgefilter import backends, select
+from benchmarks import report_json
+from edgefilter import backends
 from edgefilter import data as data_lib
 from edgefilter.method import flops, instance_filter
 from edgefilter.models.state import create_train_state
 from edgefilter.training import config as config_lib
-from edgefilter.training import eif_runner
+from edgefilter.training import eif_runner, runners
 from edgefilter.training import steps as steps_lib
 from experiments import cli
 
@@ -65,13 +65,7 @@ def _pieces(config: config_lib.TrainConfig) -> dict[str, tuple[Callable[[], Any]
     m, blocks = config.batch_size, config.block_chunks
     rng = np.random.default_rng(0)
     fmodel = steps_lib.build_model(config.filter_model, 2, config.bits, xla_cpu=config.xla_cpu)
-    sel = select.eif(
-        fmodel,
-        eif_runner.filter_optimizer(config),
-        config.filter,
-        chunk_size=m,
-        probe_size=config.eif_probe_size,
-    )
+    sel = runners.engine_selector(config, fmodel)  # The run's selector: its slot counts.
     known = sel.train_size + sel.probe_size
     main_macs = flops.per_instance(config.model, shape, classes)
     filter_macs = flops.per_instance(config.filter_model, shape, 2)
@@ -158,10 +152,7 @@ def main(argv: list[str]) -> None:
         ms = statistics.median(times[name])
         result["ms"][name] = ms
         result["ns_per_counted_mac"][name] = 1e6 * ms / macs
-    print(json.dumps(result, indent=2))
-    if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump(result, f, indent=2)
+    report_json(result, FLAGS.output)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ not input loading.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 
@@ -22,6 +21,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from benchmarks import report_json
 from edgefilter import data as data_lib
 from edgefilter.training import config as config_lib
 from edgefilter.training import steps as train_lib
@@ -135,10 +135,7 @@ def main(argv: list[str]) -> None:
         "device": str(jax.devices()[0]),
     }
     result["jax_over_torch"] = result["jax_images_per_s"] / result["torch_images_per_s"]
-    print(json.dumps(result, indent=2))
-    if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump(result, f, indent=2)
+    report_json(result, FLAGS.output)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ from the fields, :mod:`.checks` the validation of the run-level settings, and
 (the checks read the paper's batch size). Import the names from here.
 """
 
+from edgefilter.method.instance_filter import CONTROLS, FilterConfig
 from edgefilter.training.config.checks import validate
 from edgefilter.training.config.flags import FLAGS, Flag, as_flags, foreign_flags, from_flags
 from edgefilter.training.config.paper import dataset_family
@@ -76,7 +77,6 @@ from edgefilter.training.config.resolution import resolve
 from edgefilter.training.config.schema import (
     BITS,
     BUDGET_METHODS,
-    CONTROLS,
     EIF_METHODS,
     EMP_METHODS,
     EMP_POLICIES,
@@ -85,7 +85,6 @@ from edgefilter.training.config.schema import (
     PACKING_BASELINES,
     SELECTION_BASELINES,
     EmpConfig,
-    FilterConfig,
     TrainConfig,
     setting,
 )

@@ -7,24 +7,7 @@ import dataclasses
 from typing import Any
 
 from edgefilter.method import emp
-from edgefilter.method.instance_filter import CONTROLS, FilterConfig
-
-__all__ = [
-    "BITS",
-    "BUDGET_METHODS",
-    "CONTROLS",
-    "EIF_METHODS",
-    "EMP_METHODS",
-    "EMP_POLICIES",
-    "FILTER_FLAG_METHODS",
-    "METHODS",
-    "PACKING_BASELINES",
-    "SELECTION_BASELINES",
-    "EmpConfig",
-    "FilterConfig",
-    "TrainConfig",
-    "setting",
-]
+from edgefilter.method.instance_filter import FilterConfig
 
 # Schedule- and model-level baselines (issue 18): edgefilter.training.budget (smb, smd),
 # edgefilter.models.stochastic_depth (sd), and e2train (see TrainConfig.uses_smd).
