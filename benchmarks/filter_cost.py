@@ -60,22 +60,28 @@ cli.check_flag(
 
 def _pieces(config: config_lib.TrainConfig) -> dict[str, tuple[Callable[[], Any], int]]:
     """Each piece's name: (a call of it, the MACs it is counted at)."""
-    info = data_lib.info(config.dataset)
-    shape, classes = info.image_shape, info.num_classes
-    m, blocks = config.batch_size, config.block_chunks
-    rng = np.random.default_rng(0)
     fmodel = steps_lib.build_model(config.filter_model, 2, config.bits, xla_cpu=config.xla_cpu)
     sel = runners.engine_selector(config, fmodel)  # The run's selector: its slot counts.
-    known = sel.train_size + sel.probe_size
-    main_macs = flops.per_instance(config.model, shape, classes)
-    filter_macs = flops.per_instance(config.filter_model, shape, 2)
-    pieces: dict[str, tuple[Callable[[], Any], int]] = {}
+    rng = np.random.default_rng(0)
+    return {
+        **_main_pieces(config, (config.batch_size, sel.train_size), rng),
+        **_filter_pieces(config, fmodel, sel.train_size + sel.probe_size, rng),
+    }
 
-    main_model = steps_lib.build_model(config.model, classes, config.bits, xla_cpu=config.xla_cpu)
-    tx = steps_lib.make_optimizer(config, 1000)
-    main = create_train_state(main_model, tx, jax.random.key(0), shape)
+
+def _main_pieces(
+    config: config_lib.TrainConfig, sizes: tuple[int, ...], rng: np.random.Generator
+) -> dict[str, tuple[Callable[[], Any], int]]:
+    """The main network's jitted train step on each of ``sizes`` instances."""
+    info = data_lib.info(config.dataset)
+    shape, classes = info.image_shape, info.num_classes
+    model = steps_lib.build_model(config.model, classes, config.bits, xla_cpu=config.xla_cpu)
+    tx = steps_lib.make_optimizer(config, 1000)  # Any length: the schedule costs the same.
+    main = create_train_state(model, tx, jax.random.key(0), shape)
     train_step = steps_lib.make_train_step(info, xla_cpu=config.xla_cpu)
-    for n in (m, sel.train_size):
+    macs = flops.per_instance(config.model, shape, classes)["train"]
+    pieces = {}
+    for n in sizes:
         images = jnp.asarray(rng.integers(0, 256, (n, *shape), dtype=np.uint8))
         labels = jnp.asarray(rng.integers(0, classes, n, dtype=np.int32))
         weights, key = jnp.ones((n,), jnp.float32), jax.random.key(1)
@@ -85,8 +91,17 @@ def _pieces(config: config_lib.TrainConfig) -> dict[str, tuple[Callable[[], Any]
             state["main"], _, losses = train_step(state["main"], images, labels, weights, key)
             return losses
 
-        pieces[f"main/train@{n}"] = (train, n * main_macs["train"])
+        pieces[f"main/train@{n}"] = (train, n * macs)
+    return pieces
 
+
+def _filter_pieces(
+    config: config_lib.TrainConfig, fmodel: Any, known: int, rng: np.random.Generator
+) -> dict[str, tuple[Callable[[], Any], int]]:
+    """The filter's forward on a chunk and a block, its update on their known instances."""
+    shape = data_lib.info(config.dataset).image_shape
+    m, blocks = config.batch_size, config.block_chunks
+    macs = flops.per_instance(config.filter_model, shape, 2)
     fstate = instance_filter.init(
         fmodel, eif_runner.filter_optimizer(config), jax.random.key(2), shape, config.filter
     )
@@ -102,12 +117,10 @@ def _pieces(config: config_lib.TrainConfig) -> dict[str, tuple[Callable[[], Any]
         )[0],
         xla_cpu=config.xla_cpu,
     )
+    pieces = {}
     for n in (m, blocks * m):
         x = jnp.asarray(rng.standard_normal((n, *shape)), jnp.float32)
-        pieces[f"filter/forward@{n}"] = (
-            lambda x=x: forward(fstate.net, x),
-            n * filter_macs["forward"],
-        )
+        pieces[f"filter/forward@{n}"] = (lambda x=x: forward(fstate.net, x), n * macs["forward"])
     for n in (known, blocks * known):
         x = jnp.asarray(rng.standard_normal((n, *shape)), jnp.float32)
         losses = jnp.asarray(rng.random(n), jnp.float32)
@@ -115,7 +128,7 @@ def _pieces(config: config_lib.TrainConfig) -> dict[str, tuple[Callable[[], Any]
         mask = jnp.ones((n,), bool)
         pieces[f"filter/update@{n}"] = (
             lambda x=x, losses=losses, high=high, mask=mask: update(fstate, x, losses, high, mask),
-            n * filter_macs["train"],
+            n * macs["train"],
         )
     return pieces
 
